@@ -1,0 +1,3 @@
+from gmg.cli import app
+
+app(prog_name="gmg")
