@@ -58,7 +58,8 @@ def run_stage(
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
     module = importlib.import_module(f"stages.{section}")
     try:
-        cfg = load_section(params, section, getattr(module, config_cls), parse_overrides(overrides or []))
+        overrides_map = parse_overrides(overrides or [])
+        cfg = load_section(params, section, getattr(module, config_cls), overrides_map)
     except ParamsError as err:
         _fail(str(err), 2)
     try:
@@ -86,11 +87,15 @@ def prepare(
 def train(
     data: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("data/dataset"),
     out: Annotated[Path, typer.Option(help="Trained model file.")] = Path("models/model.pt"),
-    log: Annotated[Path, typer.Option(help="Per-step loss log (CSV).")] = Path("plots/train_log.csv"),
+    log: Annotated[Path, typer.Option(help="Per-step loss log (CSV).")] = Path(
+        "plots/train_log.csv"
+    ),
     metrics: Annotated[Path, typer.Option(help="Final training terms (JSON).")] = Path(
         "metrics/train.json"
     ),
-    checkpoints: Annotated[Path, typer.Option(help="Checkpoint folder.")] = Path("runs/checkpoints"),
+    checkpoints: Annotated[Path, typer.Option(help="Checkpoint folder.")] = Path(
+        "runs/checkpoints"
+    ),
     device: DeviceOpt = "auto",
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -157,7 +162,9 @@ def evaluate(
 def report(
     data: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("data/dataset"),
     model: Annotated[Path, typer.Option(help="Trained model file.")] = Path("models/model.pt"),
-    log: Annotated[Path, typer.Option(help="Per-step loss log (CSV).")] = Path("plots/train_log.csv"),
+    log: Annotated[Path, typer.Option(help="Per-step loss log (CSV).")] = Path(
+        "plots/train_log.csv"
+    ),
     metrics: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/metrics.json"),
     importance: Annotated[Path, typer.Option(help="DCI importance (Parquet).")] = Path(
         "metrics/dci_importance.parquet"

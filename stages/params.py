@@ -73,9 +73,8 @@ def _coerce_yaml_floats(raw: dict[str, Any], model: type[StageConfig]) -> dict[s
     for name, field in model.model_fields.items():
         if name in out and field.annotation is float:
             value = out[name]
-            if isinstance(value, int) and not isinstance(value, bool):
-                out[name] = float(value)
-            elif isinstance(value, str) and _is_float(value):
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            if is_int or (isinstance(value, str) and _is_float(value)):
                 out[name] = float(value)
     return out
 
@@ -94,11 +93,43 @@ def load_section(
     raw = data[section]
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: section '{section}' must be a mapping")
-    merged = {**raw, **(overrides or {}).get(section, {})}
+    merged = _merge(raw, (overrides or {}).get(section, {}))
+    missing = _missing_keys(merged, model, section)
+    if missing:
+        raise ParamsError("\n".join(f"{path}: missing key '{key}'" for key in missing))
     try:
         return model.model_validate(_coerce_yaml_floats(merged, model))
     except ValidationError as err:
         raise ParamsError(_describe(path, section, err)) from None
+
+
+def _merge(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply overrides; ``model.latent_dim=5`` reaches into the nested ``model`` mapping."""
+    merged = dict(raw)
+    for key, value in overrides.items():
+        head, dot, rest = key.partition(".")
+        if dot and isinstance(merged.get(head), dict):
+            merged[head] = _merge(merged[head], {rest: value})
+        else:
+            merged[key] = value
+    return merged
+
+
+def _missing_keys(raw: dict[str, Any], model: type[StageConfig], prefix: str) -> list[str]:
+    """Every field must be spelled out in the params file: defaults in code would be invisible
+    to ``dvc params diff``. Nested configs are checked recursively."""
+    missing = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}.{name}"
+        if name not in raw:
+            missing.append(key)
+        elif _is_config(field.annotation) and isinstance(raw[name], dict):
+            missing += _missing_keys(raw[name], field.annotation, key)
+    return missing
+
+
+def _is_config(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, StageConfig)
 
 
 def _describe(path: Path, section: str, err: ValidationError) -> str:

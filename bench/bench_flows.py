@@ -1,0 +1,190 @@
+"""Benchmark the Prefect flows on the tiny four-stage DVC project of tests/conftest.py.
+
+1. Pipeline flow with every stage up to date, against a local Prefect server (started here on
+   127.0.0.1 and stopped afterwards) and in ephemeral mode, next to a plain no-op
+   ``dvc repro`` measured in the same run. Target: <= 10 s against the server.
+2. Sweep of 8 experiments whose stages burn ~2.5 s of CPU each, on a local Dask cluster
+   with 1 and then 2 workers. Target: 2 workers <= 0.65 x the 1-worker wall time.
+
+Each measurement runs in a fresh child process (a new interpreter, as `gmg run` would), with
+PREFECT_HOME in a temp folder. Run from the repository root:
+
+    .venv/bin/python bench/bench_flows.py [--repeats 3] [--work 2.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import GIT_IDENTITY, QUIET_TOOLS, make_tiny_project  # noqa: E402
+
+
+def child_pipeline(root: str) -> dict:
+    from pipelines.pipeline import pipeline
+
+    start = time.perf_counter()
+    statuses = pipeline(root=root)
+    return {"flow_s": time.perf_counter() - start, "statuses": statuses}
+
+
+def child_sweep(root: str, workers: int, name: str, values: list[int]) -> dict:
+    from pipelines.sweep import dask_task_runner, sweep
+
+    start = time.perf_counter()
+    outcomes = sweep.with_options(task_runner=dask_task_runner(workers=workers))(
+        grid={"train.add": values}, root=root, name=name, retries=0)
+    return {"flow_s": time.perf_counter() - start,
+            "statuses": [o["status"] for o in outcomes]}
+
+
+def run_child(env: dict[str, str], *args: str) -> dict:
+    """Run this file as a child (`child ...`), return its JSON line and total wall time."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "child", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True)
+    total = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_s"] = total
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
+    argv = [str(Path(sys.executable).parent / "prefect"), "server", "start",
+            "--host", "127.0.0.1", "--port", str(port)]
+    log = open(Path(env["PREFECT_HOME"]) / "server.log", "w")  # noqa: SIM115 - closed with proc
+    server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.5)
+    stop_server(server)
+    raise RuntimeError("prefect server did not become healthy within 120 s")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait()
+
+
+def median_runs(env: dict[str, str], repeats: int, *args: str) -> tuple[float, float]:
+    runs = [run_child(env, *args) for _ in range(repeats)]
+    for r in runs:
+        assert set(r["statuses"].values()) == {"skipped"}, r["statuses"]
+    return (statistics.median(r["flow_s"] for r in runs),
+            statistics.median(r["process_s"] for r in runs))
+
+
+def bench(repeats: int, work: float) -> None:
+    print(f"load average at start: {os.getloadavg()}")
+    scratch = Path(tempfile.mkdtemp(prefix="bench-flows-"))
+    base_env = {**os.environ, **QUIET_TOOLS, **GIT_IDENTITY}
+    base_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + base_env["PATH"]
+    base_env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+    os.environ.update(GIT_IDENTITY)
+    repo = make_tiny_project(scratch / "noop", reproduce=True)
+
+    dvc = [sys.executable, "-m", "dvc", "repro"]
+    ref = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(dvc, cwd=repo, env=base_env, check=True, capture_output=True)
+        ref.append(time.perf_counter() - start)
+    ref_s = statistics.median(ref)
+
+    server_env = {**base_env, "PREFECT_HOME": str(scratch / "prefect-server")}
+    Path(server_env["PREFECT_HOME"]).mkdir()
+    port = free_port()
+    server = start_server(server_env, port)
+    try:
+        server_env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+        run_child(server_env, "pipeline", str(repo))  # warm-up: registers the flow
+        server_flow, server_proc = median_runs(server_env, repeats, "pipeline", str(repo))
+    finally:
+        stop_server(server)
+    eph_env = {**base_env, "PREFECT_HOME": str(scratch / "prefect-ephemeral")}
+    Path(eph_env["PREFECT_HOME"]).mkdir()
+    run_child(eph_env, "pipeline", str(repo))  # warm-up: creates the database
+    eph_flow, eph_proc = median_runs(eph_env, repeats, "pipeline", str(repo))
+
+    print(f"\nno-op pipeline (4 stages up to date), median of {repeats}:")
+    print(f"  plain `dvc repro` (reference)  {ref_s:6.2f} s")
+    print(f"  flow, local server             {server_flow:6.2f} s flow, {server_proc:6.2f} s "
+          f"process  ({server_proc / ref_s:.1f}x reference; target <= 10 s: "
+          f"{'met' if server_proc <= 10 else 'MISSED'})")
+    print(f"  flow, ephemeral                {eph_flow:6.2f} s flow, {eph_proc:6.2f} s process "
+          f" ({eph_proc / ref_s:.1f}x reference)")
+
+    sweep_repo = make_tiny_project(scratch / "sweep", work=work, reproduce=True)
+    sweep_env = {**base_env, "PREFECT_HOME": str(scratch / "prefect-sweep")}
+    Path(sweep_env["PREFECT_HOME"]).mkdir()
+    run_child(sweep_env, "pipeline", str(repo))  # warm-up: creates the database
+    times = {}
+    for workers, values in ((1, range(11, 19)), (2, range(21, 29))):
+        out = run_child(sweep_env, "sweep", str(sweep_repo), str(workers), f"w{workers}",
+                        ",".join(map(str, values)))
+        assert out["statuses"] == ["succeeded"] * 8, out["statuses"]
+        times[workers] = out["flow_s"]
+    ratio = times[2] / times[1]
+    print(f"\nsweep of 8 experiments (3 stages x {work} s CPU each rerun per experiment):")
+    print(f"  1 worker   {times[1]:6.1f} s")
+    print(f"  2 workers  {times[2]:6.1f} s  ratio {ratio:.2f} (target <= 0.65: "
+          f"{'met' if ratio <= 0.65 else 'MISSED'})")
+    print(f"load average at end: {os.getloadavg()}")
+    from pipelines.workspace import remove_tree
+
+    remove_tree(scratch)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        kind, root, *rest = sys.argv[2:]
+        if kind == "pipeline":
+            result = child_pipeline(root)
+        else:
+            workers, name, values = rest
+            result = child_sweep(root, int(workers), name, [int(v) for v in values.split(",")])
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=float, default=2.5, help="CPU seconds per stage")
+    args = parser.parse_args()
+    bench(args.repeats, args.work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Time the metric suite and compare the fast DCI backend with the exact one, side by side.
+
+Codes: 10 codes x 5 factors with dSprites' factor sizes (3, 6, 40, 32, 32), 10,000 train and
+5,000 test samples (``--quick``: 2,000 / 1,000). ``--kind`` picks the synthetic representation:
+
+- ``mixed``: factors scaled to [0, 1], mixed nearly diagonally into 5 codes plus 5 noise-mixed
+  codes, Gaussian noise 0.3 (a mediocre model);
+- ``clean``: nearly axis-aligned, noise 0.02 (a well-disentangled model);
+- ``noisy``: axis-aligned, noise 1.0 (little information);
+- ``rotated``: a random rotation of the factors, noise 0.05 (informative but entangled).
+
+The sampling-based scores run on an identity-like ground truth (images store their factors)
+with a fixed linear encoder, so their times are the metrics' own cost without a renderer or a
+network. Run::
+
+    .venv/bin/python bench/bench_metrics.py [--quick] [--kind mixed] [--n-jobs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gmgcore import metrics  # noqa: E402
+
+SIZES = (3, 6, 40, 32, 32)
+KINDS = ("mixed", "clean", "noisy", "rotated")
+
+
+def synthetic(n: int, seed: int, kind: str = "mixed", n_codes: int = 10):
+    """Codes ``[n, n_codes]`` and factors ``[n, 5]`` (dSprites' sizes) of a synthetic model."""
+    rng = np.random.default_rng(seed)
+    k = len(SIZES)
+    factors = np.stack([rng.integers(0, s, size=n) for s in SIZES], axis=1)
+    mix_rng = np.random.default_rng(123)
+    if kind == "mixed":
+        mix = 0.15 * mix_rng.normal(size=(k, n_codes))
+        mix[np.arange(k), np.arange(k)] += 1.0
+        mix[np.arange(k), k + np.arange(k) % (n_codes - k)] += 0.5 * mix_rng.uniform(-1, 1, k)
+        noise = 0.3
+    elif kind == "clean":
+        mix, noise = np.eye(k, n_codes) + 0.05 * mix_rng.normal(size=(k, n_codes)), 0.02
+    elif kind == "noisy":
+        mix, noise = np.eye(k, n_codes) + 0.15 * mix_rng.normal(size=(k, n_codes)), 1.0
+    elif kind == "rotated":
+        q, _ = np.linalg.qr(mix_rng.normal(size=(n_codes, n_codes)))
+        mix, noise = q[:k], 0.05
+    else:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    codes = (factors / (np.array(SIZES) - 1)) @ mix + noise * rng.normal(size=(n, n_codes))
+    return codes, factors
+
+
+class PixelFactors:
+    """Ground truth whose 'images' ``[n, 4, 4]`` hold the factor classes in their first pixels."""
+
+    factor_sizes = SIZES
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.stack([rng.integers(0, s, size=n) for s in SIZES], axis=1)
+
+    def images(self, classes: np.ndarray) -> np.ndarray:
+        out = np.zeros((classes.shape[0], 16), dtype=np.uint8)
+        out[:, : classes.shape[1]] = classes
+        return out.reshape(-1, 4, 4)
+
+
+def linear_encoder(n_codes: int = 10):
+    mix = np.eye(len(SIZES), n_codes) + 0.15 * np.random.default_rng(123).normal(
+        size=(len(SIZES), n_codes)
+    )
+    noise = np.random.default_rng(9)
+
+    def encode(images: np.ndarray) -> np.ndarray:
+        u = images.reshape(len(images), -1)[:, : len(SIZES)] / (np.array(SIZES) - 1)
+        return u @ mix + 0.3 * noise.normal(size=(len(images), n_codes))
+
+    return encode
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 / 1,000 samples")
+    parser.add_argument("--kind", choices=KINDS, default="mixed")
+    parser.add_argument("--n-jobs", type=int, default=1, help="DCI factors fitted in parallel")
+    parser.add_argument("--no-exact", action="store_true", help="skip the slow exact DCI")
+    parser.add_argument("--no-sampling", action="store_true", help="skip FactorVAE/BetaVAE")
+    args = parser.parse_args()
+    n_train, n_test = (2000, 1000) if args.quick else (10000, 5000)
+    z_tr, y_tr = synthetic(n_train, 0, args.kind)
+    z_te, y_te = synthetic(n_test, 1, args.kind)
+    print(f"{args.kind} codes, {n_train}/{n_test} samples, 10 codes x factor sizes {SIZES}")
+    split = (z_tr, y_tr, z_te, y_te)
+    rows = [
+        ("mig", lambda: metrics.mig(z_tr, y_tr)),
+        ("sap", lambda: metrics.sap(*split)),
+        ("modularity_explicitness", lambda: metrics.modularity_explicitness(*split)),
+        ("dci[lightgbm]", lambda: metrics.dci(*split, backend="lightgbm", n_jobs=args.n_jobs)),
+    ]
+    if not args.no_exact:
+        rows.append(("dci[exact]", lambda: metrics.dci(*split, n_jobs=args.n_jobs)))
+    if not args.no_sampling:
+        scale = 10 if args.quick else 1
+        sizes = dict(num_train=10000 // scale, num_eval=5000 // scale)
+        enc, data = linear_encoder(), PixelFactors()
+        rows += [
+            ("factor_vae", lambda: metrics.factor_vae_score(enc, data, _rng(), **sizes)),
+            ("beta_vae", lambda: metrics.beta_vae_score(enc, data, _rng(), **sizes)),
+        ]
+    results = {}
+    for name, fn in rows:
+        result, seconds = timed(fn)
+        results[name] = (result, seconds)
+        values = "  ".join(f"{k} {v:.4f}" for k, v in result.items())
+        print(f"{name:26s} {seconds:8.2f} s   {values}")
+    if "dci[exact]" in results:
+        (fast, t_fast), (exact, t_exact) = results["dci[lightgbm]"], results["dci[exact]"]
+        print(
+            f"\nDCI lightgbm vs exact: {t_exact / t_fast:.1f}x faster; "
+            f"|dD| {abs(fast['disentanglement'] - exact['disentanglement']):.4f}  "
+            f"|dC| {abs(fast['completeness'] - exact['completeness']):.4f}  "
+            f"|dI_test| {abs(fast['informativeness_test'] - exact['informativeness_test']):.4f}  "
+            f"max |dR| {np.abs(fast.importance - exact.importance).max():.4f}"
+        )
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+if __name__ == "__main__":
+    main()

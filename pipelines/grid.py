@@ -1,0 +1,204 @@
+"""Sweep grids: ``section.key`` value lists expanded into named experiments.
+
+A grid is a mapping ``{"train.regularizer": ["none", "gmg"], "train.seed": [0, 1]}`` (the
+Cartesian product of its lists; a scalar is a one-value list) or a list of such mappings (the
+union of their products, in order, without duplicates), so a sweep can pair, say, every cost
+with ``train.regularizer=gmg`` but run ``train.regularizer=none`` only once. Keys are
+generic: ``section.key`` in ``params.yaml`` or ``file.yaml:section.key`` in another params
+file, exactly as ``dvc exp run -S`` takes them.
+
+A grid file is YAML with ``grid:`` (the above) and optionally ``name:`` (the experiment name
+prefix).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Experiment",
+    "GridError",
+    "default_sweep_name",
+    "expand_grid",
+    "format_value",
+    "load_grid_file",
+    "parse_grid_options",
+]
+
+Grid = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+_KEY = re.compile(r"^(?:[\w./-]+:)?[A-Za-z_][\w-]*(?:\.[\w-]+)+$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_.+/-]+$")
+# YAML 1.1 (PyYAML) reads 1e-3 as a string; DVC's override parser and the stages read a float.
+_SCI_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+class GridError(ValueError):
+    """A grid, a grid file or a sweep name is malformed; the message names the culprit."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One point of the grid: its DVC experiment name and ``key -> value`` overrides."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...]
+
+    def overrides(self) -> list[str]:
+        """``key=value`` strings for ``dvc exp run -S`` (values in DVC's override syntax)."""
+        return [f"{key}={format_value(value)}" for key, value in self.params]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+def format_value(value: Any) -> str:
+    """Write a value so that ``dvc exp run -S key=<text>`` reads back the same value.
+
+    DVC parses ``-S`` values with Hydra's override grammar; strings are left bare when that
+    grammar reads them back unchanged and double-quoted otherwise. The result is checked with
+    the same parser.
+    """
+    text = _render(value)
+    parsed = _override_value(text)
+    same = parsed == value or (isinstance(value, float) and value != value)
+    if not same or (isinstance(value, str) and "${" in value):
+        raise GridError(f"value {value!r} cannot be passed to `dvc exp run --set-param`")
+    return text
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        if _PLAIN.match(value) and _override_value(value) == value:
+            return value
+        escaped = re.sub(r'(\\+)(?="|$)', lambda m: m.group(1) * 2, value).replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_render(v) for v in value) + "]"
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str) or not re.match(r"^[A-Za-z_]\w*$", key):
+                raise GridError(f"value {value!r}: mapping keys must be identifiers")
+        return "{" + ", ".join(f"{k}: {_render(v)}" for k, v in value.items()) + "}"
+    raise GridError(f"value {value!r}: unsupported type {type(value).__name__}")
+
+
+@functools.cache
+def _override_parser() -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def _override_value(text: str) -> Any:
+    """The value DVC's ``--set-param`` parser (Hydra) reads from ``key=<text>``."""
+    try:
+        return _override_parser().parse_override(f"key={text}").value()
+    except Exception:  # noqa: BLE001 - any parse error means "does not read back"
+        return _UNREADABLE
+
+
+_UNREADABLE = object()
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, str) and _SCI_FLOAT.match(value):
+        return float(value)
+    return value
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise GridError(f"grid key {key!r}: expected section.key (or file.yaml:section.key)")
+    return key
+
+
+def _as_grids(grid: Grid) -> list[Mapping[str, Any]]:
+    grids = [grid] if isinstance(grid, Mapping) else list(grid)
+    if not grids or not all(isinstance(g, Mapping) and g for g in grids):
+        raise GridError("a grid is a non-empty mapping of key -> values, or a list of them")
+    return grids
+
+
+def expand_grid(grid: Grid, name: str) -> list[Experiment]:
+    """All experiments of ``grid``, named ``<name>-000``, ``<name>-001``, ... in grid order."""
+    check_name(name)
+    combos: list[tuple[tuple[str, Any], ...]] = []
+    seen: set[str] = set()
+    for sub in _as_grids(grid):
+        keys = [_check_key(k) for k in sub]
+        values = [[_normalise(x) for x in (v if isinstance(v, list | tuple) else [v])]
+                  for v in sub.values()]
+        for key, vals in zip(keys, values, strict=True):
+            if not vals:
+                raise GridError(f"grid key {key!r}: empty list of values")
+        for combo in itertools.product(*values):
+            params = tuple(zip(keys, combo, strict=True))
+            fingerprint = json.dumps(sorted(params, key=lambda kv: kv[0]), default=str)
+            if fingerprint not in seen:
+                seen.add(fingerprint)
+                combos.append(params)
+    width = max(3, len(str(len(combos) - 1)))
+    return [Experiment(f"{name}-{i:0{width}d}", params) for i, params in enumerate(combos)]
+
+
+def check_name(name: str) -> str:
+    """Experiment names become git refs: letters, digits, ``_.-``, no ``..``."""
+    if not _NAME.match(name) or ".." in name or name.endswith((".", ".lock")):
+        raise GridError(f"sweep name {name!r}: use letters, digits, '_', '.', '-' only")
+    return name
+
+
+def default_sweep_name(now: datetime | None = None) -> str:
+    """``sweep-YYYYmmdd-HHMMSS`` (local time)."""
+    return (now or datetime.now()).strftime("sweep-%Y%m%d-%H%M%S")
+
+
+def load_grid_file(path: Path) -> tuple[Grid, str | None]:
+    """Read ``grid:`` and the optional ``name:`` from a YAML file."""
+    if not path.is_file():
+        raise GridError(f"{path}: grid file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise GridError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict) or "grid" not in data:
+        raise GridError(f"{path}: expected a mapping with a 'grid' entry")
+    unknown = set(data) - {"grid", "name"}
+    if unknown:
+        raise GridError(f"{path}: unknown entries {sorted(unknown)} (allowed: grid, name)")
+    name = data.get("name")
+    if name is not None and not isinstance(name, str):
+        raise GridError(f"{path}: 'name' must be a string")
+    _as_grids(data["grid"])
+    return data["grid"], name
+
+
+def parse_grid_options(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``key=v1,v2,...`` command-line items into one grid mapping (values read as YAML)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not raw:
+            raise GridError(f"grid option {item!r}: expected key=value1,value2,...")
+        try:
+            values = [yaml.safe_load(part) for part in raw.split(",")]
+        except yaml.YAMLError as err:
+            raise GridError(f"grid option {item!r}: a value is not valid YAML ({err})") from err
+        grid[_check_key(key.strip())] = values
+    return grid
