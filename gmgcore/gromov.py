@@ -47,7 +47,7 @@ from torch import Tensor
 Factors = tuple[Tensor, Tensor]
 
 _INNER_RATIO = 0.0
-_LOG_SCALE_LIMIT = 30.0  # fold Sinkhorn scalings into the potentials beyond exp(±30)
+_SCALE_LIMIT = 1e15  # fold the Sinkhorn scaling into the potential beyond this range
 
 
 @dataclass(frozen=True)
@@ -162,59 +162,68 @@ def round_to_coupling(P: Tensor, n: int, m: int) -> Tensor:
 Array = Any  # a numpy array or a torch tensor: the iteration below is written for both
 
 
-def _kernel(S: Array, f: Array, g: Array, floor: float, xp: ModuleType) -> tuple[Array, Array]:
-    """Stabilised kernel ``K = exp(S + f ⊕ g - rowmax)`` clamped at ``exp(floor)``; returns
-    ``K`` and the row potential with the row maxima folded in."""
-    logK = S + f + g
-    mx = xp.amax(logK, axis=-1, keepdims=True)
-    return xp.exp(xp.clip(logK - mx, floor, None)), f - mx
+def _kernel(S: Array, g: Array, floor: float, xp: ModuleType) -> Array:
+    """Stabilised kernel ``exp(S + g - rowmax(S + g))`` clamped below at ``exp(floor)``: rows
+    peak at 1, so the row potential is implicit and no entry is 0 or subnormal."""
+    logK = S + g
+    return xp.exp(xp.clip(logK - xp.amax(logK, axis=-1, keepdims=True), floor, None))
+
+
+def _sinkhorn_block(
+    K: Array, Kt: Array, v: Array, count: int, p: float, q: float, xp: ModuleType
+) -> tuple[Array, Array, Array]:
+    """``count`` Sinkhorn iterations from the column scaling ``v [B, m, 1]``; returns ``u``,
+    ``v`` and the L1 column-marginal error ``[B]`` of the iterate before the last update."""
+    for _ in range(count - 1):
+        u = p / (K @ v)
+        v = q / (Kt @ u)
+    u = p / (K @ v)
+    Ktu = Kt @ u
+    err = xp.abs(v * Ktu - q).sum(axis=(-1, -2))
+    return u, q / Ktu, err
 
 
 def _pgd(
     C_x: Array, C_y: Array, x0: Array, eps: Array, xp: ModuleType, tol: float, max_iter: int,
     inner_iterations: int, max_inner: int, factors_x: Factors | None, factors_y: Factors | None,
 ) -> tuple[Array, Array, Array, int, int]:
-    """Mirror-descent loop on backend arrays ``[B, n, m]``; returns the last finite Sinkhorn
-    coupling (unrounded), its marginal error and coupling change ``[B]``, and iteration counts."""
+    """Mirror-descent loop on backend arrays ``[B, n, m]``. Only the column potential ``g``
+    (units of ε, gauge-fixed to max 0) is carried between outer steps. Returns the last finite
+    Sinkhorn coupling (unrounded), its marginal error and change ``[B]``, and the counts."""
     B, n, m = x0.shape
     p, q = 1.0 / n, 1.0 / m
-    floor = math.log(float(xp.finfo(x0.dtype).tiny)) + 30.0
-    f, g = x0[..., :1] * 0, x0[..., :1, :] * 0
+    floor = math.log(float(xp.finfo(x0.dtype).tiny)) + 50.0
+    g = x0[..., :1, :] * 0
     P, err, change = x0, xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
     scale = 4.0 / eps
-    outer, inner_total, last_change = 0, 0, 0.0
+    outer, inner_total, last_change = 0, 0, math.inf
     while outer < max_iter:
         outer += 1
         S = linearization(C_x, C_y, P, factors_x, factors_y) * scale
-        K, f = _kernel(S, f, g, floor, xp)
-        Kt, v, done, finite = K.swapaxes(-1, -2), xp.ones_like(g).swapaxes(-1, -2), 0, True
+        K = _kernel(S, g, floor, xp)
+        v, done, finite = xp.ones_like(g).swapaxes(-1, -2), 0, True
         while done < max_inner:
-            for _ in range(min(inner_iterations, max_inner - done) - 1):
-                u = p / (K @ v)
-                v = q / (Kt @ u)
-            u = p / (K @ v)
-            Ktu = Kt @ u
-            err = xp.abs(v * Ktu - q).sum(axis=(-1, -2))
-            v = q / Ktu
-            done += min(inner_iterations, max_inner - done)
-            big = float(xp.amax(xp.abs(xp.log(u)))) + float(xp.amax(xp.abs(xp.log(v))))
+            count = min(inner_iterations, max_inner - done)
+            u, v, err = _sinkhorn_block(K, K.swapaxes(-1, -2), v, count, p, q, xp)
+            done += count
             worst = float(xp.amax(err))
-            finite = math.isfinite(big) and math.isfinite(worst)
+            lo = min(float(xp.amin(u)), float(xp.amin(v)))
+            hi = max(float(xp.amax(u)), float(xp.amax(v)))
+            finite = math.isfinite(worst) and math.isfinite(hi) and lo > 0
             if not finite or worst <= max(tol, _INNER_RATIO * last_change):
                 break
-            if big > _LOG_SCALE_LIMIT:  # fold the scalings into the potentials
-                f, g = f + xp.log(u), g + xp.log(v).swapaxes(-1, -2)
-                K, f = _kernel(S, f, g, floor, xp)
-                Kt, v = K.swapaxes(-1, -2), xp.ones_like(v)
+            if hi > _SCALE_LIMIT or lo < 1 / _SCALE_LIMIT:  # fold v into g, rebuild K
+                g = g + xp.log(v).swapaxes(-1, -2)
+                K, v = _kernel(S, g, floor, xp), xp.ones_like(v)
         inner_total += done
         if not finite:
             break
-        f, g = f + xp.log(u), g + xp.log(v).swapaxes(-1, -2)
+        g = g + xp.log(v).swapaxes(-1, -2)
+        g = g - xp.amax(g, axis=-1, keepdims=True)
         P_new = u * K * v.swapaxes(-1, -2)
         change = xp.abs(P_new - P).sum(axis=(-1, -2))
-        P = P_new
-        last_change = float(xp.amax(change))
-        if max(last_change, float(xp.amax(err))) <= tol:
+        P, last_change = P_new, float(xp.amax(change))
+        if max(last_change, worst) <= tol:
             break
     return P, err, change, outer, inner_total
 

@@ -1,13 +1,13 @@
-"""The geometry-preservation toy of the GMG paper (arXiv 2407.07829, Figure 2).
+r"""The geometry-preservation toy of the GMG paper (arXiv 2407.07829, Figure 2).
 
-A map :math:`T: \\mathbb{R}^3 \\to \\mathbb{R}^2` (a small MLP) pushes a 3-D Gaussian mixture
+A map :math:`T: \mathbb{R}^3 \to \mathbb{R}^2` (a small MLP) pushes a 3-D Gaussian mixture
 ``p`` onto a 2-D target ``q`` (a uniform square or a ring). It is trained on
 
 .. math::
-    \\mathcal{L}(T) = S_\\varepsilon(T\\sharp p_n, q_m) + \\lambda\\, R_{r_n}(T),
-    \\qquad R \\in \\{0, \\mathrm{DST}, \\mathrm{GMG}\\},
+    \mathcal{L}(T) = S_\varepsilon(T\sharp p_n, q_m) + \lambda\, R_{r_n}(T),
+    \qquad R \in \{0, \mathrm{DST}, \mathrm{GMG}\},
 
-where :math:`S_\\varepsilon` is the debiased Sinkhorn divergence (Genevay, Peyré, Cuturi 2018;
+where :math:`S_\varepsilon` is the debiased Sinkhorn divergence (Genevay, Peyré, Cuturi 2018;
 Feydy et al. 2019, Eq. 3) with the squared Euclidean ground cost, and the regularizer comes from
 :mod:`gmgcore.gap` with the reference :math:`r_n` a sub-batch of source points.
 
@@ -47,9 +47,9 @@ Regularizer = Callable[[Tensor, Tensor], Tensor]
 
 # --------------------------------------------------------------------------------- samplers
 def mixture_means(n_clusters: int, radius: float, dtype: torch.dtype = torch.float64) -> Tensor:
-    """Cluster centres spread over the sphere of ``radius`` in 3-D (a Fibonacci lattice).
+    r"""Cluster centres spread over the sphere of ``radius`` in 3-D (a Fibonacci lattice).
 
-    Point ``k`` has height :math:`z_k = 1 - (2k + 1)/K` and azimuth :math:`k\\,\\pi(3 - \\sqrt 5)`,
+    Point ``k`` has height :math:`z_k = 1 - (2k + 1)/K` and azimuth :math:`k\,\pi(3 - \sqrt 5)`,
     so the centres are deterministic and roughly equidistant. Returns ``[K, 3]``.
     """
     if n_clusters < 1:
@@ -64,7 +64,7 @@ def mixture_means(n_clusters: int, radius: float, dtype: torch.dtype = torch.flo
 def sample_source(
     n: int, means: Tensor, std: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Draw ``n`` points from the equal-weight mixture :math:`\\frac1K\\sum_k N(m_k, s^2 I_3)`.
+    r"""Draw ``n`` points from the equal-weight mixture :math:`\frac1K\sum_k N(m_k, s^2 I_3)`.
 
     ``means`` is ``[K, 3]``. Returns points ``[n, 3]`` and their cluster labels int64 ``[n]``.
     """
@@ -87,9 +87,9 @@ def sample_ring(
     outer: float = 1.0,
     dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    """Uniform samples (by area) on the annulus :math:`\\{u : r_{in} \\le \\|u\\| \\le r_{out}\\}`.
+    r"""Uniform samples (by area) on the annulus :math:`\{u : r_{in} \le \|u\| \le r_{out}\}`.
 
-    Radius :math:`\\rho = \\sqrt{U(r_{in}^2, r_{out}^2)}`, angle :math:`U(0, 2\\pi)`.
+    Radius :math:`\rho = \sqrt{U(r_{in}^2, r_{out}^2)}`, angle :math:`U(0, 2\pi)`.
     Returns ``[n, 2]``.
     """
     if not 0.0 <= inner < outer:
@@ -119,26 +119,31 @@ def make_mlp(
 
 # --------------------------------------------------------------------------------- entropic OT
 def sqeuclidean(x: Tensor, y: Tensor) -> Tensor:
-    """:math:`C_{ij} = \\|x_i - y_j\\|_2^2` for ``x [n, d]``, ``y [m, d]``; returns ``[n, m]``.
+    r""":math:`C_{ij} = \|x_i - y_j\|_2^2` for ``x [n, d]``, ``y [m, d]``; returns ``[n, m]``.
 
     Computed from differences (not the Gram expansion), so it is exact and non-negative."""
     return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
 
 
-def _lse(z: Tensor, dim: int) -> Tensor:
-    """``logsumexp`` over ``dim`` (kept) with terms below ``max - 50`` clamped: the relative
-    error is under ``m e^{-50}``, and it avoids subnormal ``exp`` outputs, which are ~30x slower
-    on CPUs."""
-    top = z.amax(dim=dim, keepdim=True)
-    return top + (z - top).clamp_min(-50.0).exp().sum(dim=dim, keepdim=True).log()
+def _softmin(K: Tensor, h: Tensor, buf: Tensor) -> Tensor:
+    r"""Row-wise :math:`\mathrm{LSE}_j(K_{ij} + h_j)` for ``K [n, m]``, ``h [1, m]``; ``[n, 1]``.
+
+    Works in place in ``buf`` (``[n, m]``) and clamps terms below ``max - 50`` (relative error
+    under :math:`m e^{-50}`): this avoids allocating temporaries and producing subnormal
+    ``exp`` outputs, each of which slows CPU Sinkhorn iterations several-fold."""
+    torch.add(K, h, out=buf)
+    top = buf.amax(dim=1, keepdim=True)
+    buf.sub_(top).clamp_(min=-50.0).exp_()
+    return top + buf.sum(dim=1, keepdim=True).log_()
 
 
 class EntropicOT(NamedTuple):
-    """Solution of entropic OT between uniform empirical measures (see :func:`entropic_ot`).
+    r"""Solution of entropic OT between uniform empirical measures (see :func:`entropic_ot`).
 
-    ``value`` is :math:`\\mathrm{OT}_\\varepsilon` (differentiable, envelope gradient);
-    ``transport_cost`` is :math:`\\langle P, C\\rangle` (detached); ``plan`` ``[n, m]``;
-    potentials ``f`` ``[n]``, ``g`` ``[m]`` (detached)."""
+    ``value`` is :math:`\mathrm{OT}_\varepsilon` (differentiable, envelope gradient);
+    ``transport_cost`` is :math:`\langle P, C\rangle` (detached); ``plan`` ``[n, m]``;
+    potentials ``f`` ``[n]``, ``g`` ``[m]`` (detached); ``iterations`` counts the Sinkhorn
+    iterations at the final :math:`\varepsilon` (after the annealing)."""
 
     value: Tensor
     transport_cost: Tensor
@@ -153,55 +158,66 @@ def entropic_ot(
     x: Tensor,
     y: Tensor,
     epsilon: float,
-    max_iter: int = 500,
+    max_iter: int = 1000,
     tol: float = 1e-6,
-    init_g: Tensor | None = None,
+    scaling: float = 0.7,
 ) -> EntropicOT:
-    """Entropic OT with squared Euclidean cost between :math:`\\frac1n\\sum\\delta_{x_i}` and
-    :math:`\\frac1m\\sum\\delta_{y_j}` by log-domain Sinkhorn (Peyré & Cuturi 2019, Rem. 4.23).
+    r"""Entropic OT with squared Euclidean cost between :math:`\alpha = \frac1n\sum\delta_{x_i}`
+    and :math:`\beta = \frac1m\sum\delta_{y_j}` by log-domain Sinkhorn (Peyré & Cuturi 2019,
+    Rem. 4.23), ``x [n, d]``, ``y [m, d]``:
 
     .. math::
-        \\mathrm{OT}_\\varepsilon = \\min_{P \\in U(a, b)} \\langle P, C\\rangle
-            + \\varepsilon\\,\\mathrm{KL}(P \\,|\\, a b^\\top)
-            = \\langle a, f\\rangle + \\langle b, g\\rangle,\\qquad
-        P_{ij} = a_i b_j\\, e^{(f_i + g_j - C_{ij})/\\varepsilon}.
+        \mathrm{OT}_\varepsilon = \min_{P \in U(a, b)} \langle P, C\rangle
+            + \varepsilon\,\mathrm{KL}(P \,|\, a b^\top)
+            = \langle a, f\rangle + \langle b, g\rangle,\qquad
+        P_{ij} = a_i b_j\, e^{(f_i + g_j - C_{ij})/\varepsilon}.
 
-    Alternates :math:`g \\leftarrow -\\varepsilon\\,\\mathrm{LSE}_i(\\log a_i + (f_i - C_{ij})/\\varepsilon)`
-    and the symmetric update of ``f`` until the row marginals of ``P`` are within ``tol`` (L1);
-    the column marginals are then exact.
-    Potentials are found without autograd; ``value`` carries the envelope gradient
-    :math:`\\partial\\,\\mathrm{OT}_\\varepsilon / \\partial C = P` through ``C(x, y)``.
-    ``x`` is ``[n, d]``, ``y`` ``[m, d]``; ``init_g`` ``[m]`` warm-starts the solve.
+    Alternates
+    :math:`f_i \leftarrow -\varepsilon\,\mathrm{LSE}_j(\log b_j + (g_j - C_{ij})/\varepsilon)`
+    and the same update of ``g``. :math:`\varepsilon` is first annealed from
+    :math:`\max C` by factors ``scaling`` (Feydy et al. 2019, Sec. 3.3; ``scaling=0`` skips
+    it), then iterations at ``epsilon`` run until the row marginals of ``P`` are within ``tol``
+    (mean relative error) or ``max_iter`` is reached. The potentials are computed without
+    autograd; ``value`` carries the envelope gradient
+    :math:`\partial\,\mathrm{OT}_\varepsilon / \partial C = P` through ``C(x, y)``.
     """
-    if epsilon <= 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    if epsilon <= 0 or not 0 <= scaling < 1:
+        raise ValueError(f"need epsilon > 0 and 0 <= scaling < 1, got {epsilon}, {scaling}")
     n, m = len(x), len(y)
     cost = sqeuclidean(x, y)
     c = cost.detach()
     log_a, log_b = -math.log(n), -math.log(m)
-    g = torch.zeros(1, m, dtype=c.dtype) if init_g is None else init_g.detach().reshape(1, m)
-    f = -epsilon * _lse((g - c) / epsilon + log_b, dim=1)
+    buf, buf_t = torch.empty_like(c), torch.empty_like(c.T)
+    f, g = torch.zeros(n, 1, dtype=c.dtype), torch.zeros(1, m, dtype=c.dtype)
+    eps = max(float(c.max()), epsilon) if scaling > 0 else epsilon
+    while True:
+        K, K_t = c / -eps, c.T / -eps
+        f = -eps * _softmin(K, g / eps + log_b, buf)
+        g = -eps * _softmin(K_t, f.T / eps + log_a, buf_t).T
+        if eps <= epsilon:
+            break
+        eps = max(eps * scaling, epsilon)
     converged, it = False, 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
-        g = -epsilon * _lse((f - c) / epsilon + log_a, dim=0)
-        f_next = -epsilon * _lse((g - c) / epsilon + log_b, dim=1)
-        # row marginals of P(f, g) are a_i exp((f_i - f_next_i) / eps)
-        err = torch.expm1((f - f_next) / epsilon).abs().sum() / n
+        f_next = -epsilon * _softmin(K, g / epsilon + log_b, buf)
+        # the row marginals of P(f, g) are a_i exp((f_i - f_next_i) / eps)
+        err = torch.expm1((f - f_next) / epsilon).abs().mean()
         f = f_next
         if err < tol:
             converged = True
             break
-    log_plan = (f + g - c) / epsilon + (log_a + log_b)
-    plan = log_plan.exp()
-    dual = (f.mean() + g.mean()).detach()
+        g = -epsilon * _softmin(K_t, f.T / epsilon + log_a, buf_t).T
+    plan = ((f + g - c) / epsilon + (log_a + log_b)).exp()
+    dual = f.mean() + g.mean()
     transport = (plan * c).sum()
-    value = (plan * cost).sum() + (dual - transport)  # = dual, gradient P · dC
+    value = (plan * cost).sum() + (dual - transport)  # equals the dual, gradient P dC
     return EntropicOT(value, transport, plan, f.reshape(n), g.reshape(m), it, converged)
 
 
 def entropic_ot_self(x: Tensor, epsilon: float, max_iter: int = 200, tol: float = 1e-6) -> Tensor:
-    """:math:`\mathrm{OT}_\varepsilon(\alpha, \alpha)` for :math:`\alpha = \frac1n\sum\delta_{x_i}`,
-    ``x [n, d]``, by the symmetric averaged Sinkhorn update (Feydy et al. 2019, Sec. 3.1)
+    r""":math:`\mathrm{OT}_\varepsilon(\alpha, \alpha)` for
+    :math:`\alpha = \frac1n\sum\delta_{x_i}`, ``x [n, d]``, by the symmetric averaged Sinkhorn
+    update (Feydy et al. 2019, Sec. 3.1)
 
     .. math::
         f \leftarrow \tfrac12\big(f - \varepsilon\,\mathrm{LSE}_j(\log a_j
@@ -209,9 +225,9 @@ def entropic_ot_self(x: Tensor, epsilon: float, max_iter: int = 200, tol: float 
         \qquad \mathrm{OT}_\varepsilon(\alpha, \alpha) = 2\langle a, f\rangle,
 
     which converges in tens of iterations where the plain alternation needs thousands. Stops
-    when the update moves ``f`` by less than ``tol * epsilon``. Returns a differentiable scalar
-    with the envelope gradient (the plan :math:`P_{ij} = a_i a_j e^{(f_i + f_j - C_{ij})/\varepsilon}`
-    is held fixed).
+    when an update moves ``f`` by less than ``tol * epsilon``. Returns a differentiable scalar
+    with the envelope gradient (the plan
+    :math:`P_{ij} = a_i a_j e^{(f_i + f_j - C_{ij})/\varepsilon}` is held fixed).
     """
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
@@ -219,10 +235,10 @@ def entropic_ot_self(x: Tensor, epsilon: float, max_iter: int = 200, tol: float 
     cost = sqeuclidean(x, x)
     c = cost.detach()
     log_a = -math.log(n)
+    K, buf = c / -epsilon, torch.empty_like(c)
     f = torch.zeros(n, 1, dtype=c.dtype)
     for _ in range(max_iter):
-        t = -epsilon * _lse((f.T - c) / epsilon + log_a, dim=1)
-        step = 0.5 * (t - f)
+        step = 0.5 * (-epsilon * _softmin(K, f.T / epsilon + log_a, buf) - f)
         f = f + step
         if step.abs().max() < tol * epsilon:
             break
@@ -234,7 +250,7 @@ def entropic_ot_self(x: Tensor, epsilon: float, max_iter: int = 200, tol: float 
 def sinkhorn_divergence(
     x: Tensor, y: Tensor, epsilon: float, max_iter: int = 1000, tol: float = 1e-6
 ) -> Tensor:
-    """Debiased Sinkhorn divergence (Feydy et al. 2019, Eq. 3) with squared Euclidean cost:
+    r"""Debiased Sinkhorn divergence (Feydy et al. 2019, Eq. 3) with squared Euclidean cost:
 
     .. math::
         S_\varepsilon(\alpha, \beta) = \mathrm{OT}_\varepsilon(\alpha, \beta)
@@ -252,8 +268,8 @@ def sinkhorn_divergence(
 
 # --------------------------------------------------------------------------------- metrics
 def knn_label_purity(points: Tensor, labels: Tensor, k: int) -> float:
-    """Mean fraction of each point's ``k`` nearest neighbours (Euclidean, itself excluded) that
-    share its label: 1 when clusters stay apart, about :math:`\\sum_c \\pi_c^2` when labels are
+    r"""Mean fraction of each point's ``k`` nearest neighbours (Euclidean, itself excluded) that
+    share its label: 1 when clusters stay apart, about :math:`\sum_c \pi_c^2` when labels are
     scrambled. ``points`` ``[n, d]``, ``labels`` int ``[n]``, ``1 <= k < n``."""
     n = len(points)
     if not 1 <= k < n:
@@ -281,24 +297,23 @@ def fit_map(
     sinkhorn_tol: float = 1e-3,
     callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model`` with Adam on :math:`S_\\varepsilon(T\\sharp p_n, q_m) + \\lambda R(x_r, T(x_r))`.
+    r"""Train ``model`` with Adam on
+    :math:`S_\varepsilon(T\sharp p_n, q_m) + \lambda R(x_r, T(x_r))`.
 
     Each step draws ``batch_size`` source points with ``sample_source_batch(n) -> [n, 3]``; the
     regularizer sees the first ``reg_batch_size`` of them and their images (``[n_r, 3]``,
-    ``[n_r, 2]``). ``target`` ``[m, 2]`` is a fixed sample of ``q``: its self term and the
-    warm-started potential ``g`` are reused across steps. ``callback(step, terms)`` is called
+    ``[n_r, 2]``). ``target`` ``[m, 2]`` is a fixed sample of ``q``, so its self term is
+    computed once. ``callback(step, terms)`` is called
     after each step; the per-step terms (``fit``, ``reg``, ``loss``) are also returned.
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     target = target.detach()
     self_target = entropic_ot_self(target, epsilon, sinkhorn_iters, 1e-6).detach()
-    g: Tensor | None = None
     history: list[dict[str, float]] = []
     for step in range(1, steps + 1):
         x = sample_source_batch(batch_size)
         y = model(x)
-        cross = entropic_ot(y, target, epsilon, sinkhorn_iters, sinkhorn_tol, init_g=g)
-        g = cross.g
+        cross = entropic_ot(y, target, epsilon, sinkhorn_iters, sinkhorn_tol)
         fit = cross.value - 0.5 * entropic_ot_self(y, epsilon, sinkhorn_iters, sinkhorn_tol)
         fit = fit - 0.5 * self_target
         reg = torch.zeros((), dtype=fit.dtype)

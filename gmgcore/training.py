@@ -207,7 +207,13 @@ class _Parts:
         with self.autocast:
             out = _float_output(self.model(x, generator=gen, decode=self.objective.uses_decoder))
         obj = compute_objective(self.objective, x, out, self.disc, gen)
-        reg = regularize(self.regularizer, x, out, self.model, gen)
+        try:
+            reg = regularize(self.regularizer, x, out, self.model, gen)
+        except ValueError as err:  # the GW solver refuses non-finite costs
+            for name, t in zip(out._fields, out, strict=True):
+                if t is not None and not bool(torch.isfinite(t).all()):
+                    raise NonFiniteLossError(step, name, float("nan"), last) from err
+            raise
         loss = obj.loss + reg.value
         values = _finite_values({**obj.terms, **reg.terms, "loss": loss}, step, last)
         values = {"loss": values.pop("loss"), **values}

@@ -12,7 +12,15 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines.grid import Grid, GridError, default_sweep_name, load_grid_file, parse_grid_options
+from pipelines.grid import (
+    Grid,
+    GridError,
+    check_keys_exist,
+    default_sweep_name,
+    expand_grid,
+    load_grid_file,
+    parse_grid_options,
+)
 
 __all__ = ["register"]
 
@@ -97,9 +105,10 @@ def sweep_command(
     _telemetry_off()
     try:
         grid, file_name = _combined_grid(grid_file, vary or [])
+        sweep_name = name or file_name or default_sweep_name()
+        check_keys_exist(root, expand_grid(grid, sweep_name))  # fail before Prefect starts
     except GridError as err:
         _fail(str(err), 2)
-    sweep_name = name or file_name or default_sweep_name()
 
     from pipelines.sweep import dask_task_runner, sweep
 

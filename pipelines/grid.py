@@ -5,7 +5,8 @@ Cartesian product of its lists; a scalar is a one-value list) or a list of such 
 union of their products, in order, without duplicates), so a sweep can pair, say, every cost
 with ``train.regularizer=gmg`` but run ``train.regularizer=none`` only once. Keys are
 generic: ``section.key`` in ``params.yaml`` or ``file.yaml:section.key`` in another params
-file, exactly as ``dvc exp run -S`` takes them.
+file, exactly as ``dvc exp run -S`` takes them. Keys joined by commas move together:
+``{"train.cost_x,train.cost_y": [["cosine", "cosine"], ["sqeuclidean", "sqeuclidean"]]}``.
 
 A grid file is YAML with ``grid:`` (the above) and optionally ``name:`` (the experiment name
 prefix).
@@ -28,6 +29,8 @@ import yaml
 __all__ = [
     "Experiment",
     "GridError",
+    "check_keys_exist",
+    "check_name",
     "default_sweep_name",
     "expand_grid",
     "format_value",
@@ -122,6 +125,12 @@ def _normalise(value: Any) -> Any:
     return value
 
 
+def _check_str(key: Any) -> str:
+    if not isinstance(key, str):
+        raise GridError(f"grid key {key!r}: expected section.key (or file.yaml:section.key)")
+    return key
+
+
 def _check_key(key: Any) -> str:
     if not isinstance(key, str) or not _KEY.match(key):
         raise GridError(f"grid key {key!r}: expected section.key (or file.yaml:section.key)")
@@ -141,20 +150,59 @@ def expand_grid(grid: Grid, name: str) -> list[Experiment]:
     combos: list[tuple[tuple[str, Any], ...]] = []
     seen: set[str] = set()
     for sub in _as_grids(grid):
-        keys = [_check_key(k) for k in sub]
-        values = [[_normalise(x) for x in (v if isinstance(v, list | tuple) else [v])]
-                  for v in sub.values()]
-        for key, vals in zip(keys, values, strict=True):
-            if not vals:
-                raise GridError(f"grid key {key!r}: empty list of values")
-        for combo in itertools.product(*values):
-            params = tuple(zip(keys, combo, strict=True))
+        axes = [_axis(key, value) for key, value in sub.items()]
+        for choice in itertools.product(*(points for _, points in axes)):
+            params = tuple(
+                pair for (keys, _), point in zip(axes, choice, strict=True)
+                for pair in zip(keys, point, strict=True)
+            )
             fingerprint = json.dumps(sorted(params, key=lambda kv: kv[0]), default=str)
             if fingerprint not in seen:
                 seen.add(fingerprint)
                 combos.append(params)
     width = max(3, len(str(len(combos) - 1)))
     return [Experiment(f"{name}-{i:0{width}d}", params) for i, params in enumerate(combos)]
+
+
+def _axis(key: Any, value: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """One axis: its keys and its points (tuples of values, one per key).
+
+    ``"a.x,a.y": [[1, 2], [3, 4]]`` ties keys together: (a.x=1, a.y=2) or (a.x=3, a.y=4).
+    """
+    keys = [_check_key(k.strip()) for k in _check_str(key).split(",")]
+    values = value if isinstance(value, list | tuple) else [value]
+    if not values:
+        raise GridError(f"grid key {key!r}: empty list of values")
+    if len(keys) == 1:
+        return keys, [(_normalise(v),) for v in values]
+    points = []
+    for v in values:
+        if not isinstance(v, list | tuple) or len(v) != len(keys):
+            raise GridError(f"grid key {key!r}: each value must be a list of {len(keys)} values")
+        points.append(tuple(_normalise(x) for x in v))
+    return keys, points
+
+
+def check_keys_exist(root: Path, experiments: Sequence[Experiment]) -> None:
+    """Fail before anything runs if a key is not in its params file (DVC would reject it)."""
+    files: dict[str, Any] = {}
+    missing = []
+    for key in dict.fromkeys(k for e in experiments for k, _ in e.params):
+        file, _, dotted = key.rpartition(":")
+        file = file or "params.yaml"
+        if file not in files:
+            path = root / file
+            files[file] = yaml.safe_load(path.read_text()) if path.is_file() else None
+        node = files[file]
+        for part in dotted.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is _MISSING:
+            missing.append(key)
+    if missing:
+        raise GridError(f"grid keys not found in the params files of {root}: {', '.join(missing)}")
+
+
+_MISSING = object()
 
 
 def check_name(name: str) -> str:

@@ -23,7 +23,7 @@ from prefect.futures import wait
 from prefect.runtime import task_run
 
 from pipelines.dvctools import dvc_argv, git, run_command
-from pipelines.grid import Experiment, default_sweep_name, expand_grid
+from pipelines.grid import Experiment, check_keys_exist, default_sweep_name, expand_grid
 from pipelines.workspace import (
     SWEEPS_DIR,
     Baseline,
@@ -93,8 +93,8 @@ def sweep(
     repo = Path(root).resolve()
     sweep_name = name or default_sweep_name()
     experiments = expand_grid(grid, sweep_name)
-    if name is not None:
-        _check_names_free(repo, [e.name for e in experiments])
+    check_keys_exist(repo, experiments)
+    _check_names_free(repo, [e.name for e in experiments])
     baseline = prepare_baseline(repo, sweep_name, git_remote=git_remote, dvc_remote=dvc_remote)
     logger.info("sweep %s: %d experiments on %s", sweep_name, len(experiments), baseline.rev[:10])
     attempt = run_experiment.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)

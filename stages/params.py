@@ -7,6 +7,7 @@ raises :class:`ParamsError` whose message names the file and the offending key.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,9 +95,9 @@ def load_section(
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: section '{section}' must be a mapping")
     merged = _merge(raw, (overrides or {}).get(section, {}))
-    missing = _missing_keys(merged, model, section)
-    if missing:
-        raise ParamsError("\n".join(f"{path}: missing key '{key}'" for key in missing))
+    problems = _key_problems(merged, model, section)
+    if problems:
+        raise ParamsError("\n".join(f"{path}: {problem}" for problem in problems))
     try:
         return model.model_validate(_coerce_yaml_floats(merged, model))
     except ValidationError as err:
@@ -115,17 +116,23 @@ def _merge(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _missing_keys(raw: dict[str, Any], model: type[StageConfig], prefix: str) -> list[str]:
-    """Every field must be spelled out in the params file: defaults in code would be invisible
-    to ``dvc params diff``. Nested configs are checked recursively."""
-    missing = []
-    for name, field in model.model_fields.items():
+def _key_problems(raw: dict[str, Any], model: type[StageConfig], prefix: str) -> list[str]:
+    """Unknown keys, and keys left out: every field must be spelled out in the params file
+    (defaults in code would be invisible to ``dvc params diff``). Nested configs recurse."""
+    fields = model.model_fields
+    problems = []
+    for name in raw:
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f" (did you mean '{prefix}.{close[0]}'?)" if close else ""
+            problems.append(f"unknown key '{prefix}.{name}'{hint}")
+    for name, field in fields.items():
         key = f"{prefix}.{name}"
         if name not in raw:
-            missing.append(key)
+            problems.append(f"missing key '{key}'")
         elif _is_config(field.annotation) and isinstance(raw[name], dict):
-            missing += _missing_keys(raw[name], field.annotation, key)
-    return missing
+            problems += _key_problems(raw[name], field.annotation, key)
+    return problems
 
 
 def _is_config(annotation: Any) -> bool:

@@ -26,14 +26,16 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from stages.atomic import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ImageStore",
@@ -379,6 +381,8 @@ class ImageStore:
         Batch ``s`` holds rows :meth:`batch_indices` ``(B, seed, s)``, so resuming at
         ``start_step`` replays exactly the batches an uninterrupted run would have seen.
         """
+        import torch  # imported here: writing a store does not need it
+
         images, factors = self.all_images(), self.factors()
         step = start_step
         while True:

@@ -21,7 +21,7 @@ TINY: dict[str, dict[str, Any]] = {
         "metrics": ["dci", "mig", "sap", "modularity_explicitness"],
         "num_train": 600,
         "num_test": 300,
-        "dci_backend": "fast",
+        "dci_backend": "lightgbm",
     },
     "report": {"n_kl": 128, "n_recon": 4, "traversal_steps": 5},
 }

@@ -21,6 +21,7 @@ from pipelines.cli import register
 from pipelines.dvctools import StageStatus, pipeline_stages, repro_status
 from pipelines.grid import (
     GridError,
+    check_keys_exist,
     expand_grid,
     format_value,
     load_grid_file,
@@ -76,6 +77,16 @@ def test_grid_is_product_of_each_mapping_and_union_without_duplicates():
     assert experiments[-1].overrides() == ["train.regularizer=none", "train.seed=2"]
 
 
+def test_grid_keys_joined_by_commas_move_together():
+    grid = {"train.cost_x,train.cost_y": [["cosine", "cosine"], ["sqeuclidean", "sqeuclidean"]],
+            "train.seed": [0, 1]}
+    points = [e.as_dict() for e in expand_grid(grid, "c")]
+    assert len(points) == 4
+    assert all(p["train.cost_x"] == p["train.cost_y"] for p in points)
+    with pytest.raises(GridError, match="list of 2 values"):
+        expand_grid({"train.cost_x,train.cost_y": ["cosine"]}, "c")
+
+
 def test_grid_options_file_and_errors(tmp_path: Path):
     assert parse_grid_options(["train.lr=1e-3,0.1", "prepare.dataset=dsprites_procedural"]) == {
         "train.lr": ["1e-3", 0.1], "prepare.dataset": ["dsprites_procedural"]}
@@ -94,6 +105,24 @@ def test_grid_options_file_and_errors(tmp_path: Path):
     path.write_text("grid: {train.lr: [1]}\nworkers: 3\n")
     with pytest.raises(GridError, match="unknown entries"):
         load_grid_file(path)
+
+
+def test_grid_keys_must_exist_in_the_params_files(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text("train: {model: {latent_dim: 10}, seed: 0}\n")
+    (tmp_path / "more.yaml").write_text("extra: {k: 1}\n")
+    check_keys_exist(tmp_path, expand_grid(
+        {"train.seed": [1], "train.model.latent_dim": [5], "more.yaml:extra.k": [2]}, "s"))
+    with pytest.raises(GridError, match="train.sed, train.model.depth"):
+        check_keys_exist(tmp_path, expand_grid(
+            {"train.sed": [1], "train.model.depth": [2], "train.seed": [3]}, "s"))
+
+
+def test_example_grid_file_uses_this_projects_params():
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "params.yaml").is_file():
+        pytest.skip("params.yaml is not in this checkout")
+    grid, name = load_grid_file(root / "pipelines" / "grids" / "regularizers.yaml")
+    check_keys_exist(root, expand_grid(grid, name))
 
 
 @pytest.mark.parametrize("value", [
@@ -241,7 +270,6 @@ def test_sweep_runs_four_isolated_experiments_on_two_dask_workers(
         assert row["value"] == expected
     assert sorted(zip(df["train.add"], df["evaluate.add"], strict=True)) == [
         (20, 2000), (20, 3000), (30, 2000), (30, 3000)]
-    assert "grid-003" in dvc(repo, "exp", "show", "--csv")
     exp_rev = outcomes[0]["rev"]
     files = subprocess.run(["git", "show", "--name-only", "--format=", exp_rev], cwd=repo,
                            capture_output=True, text=True, check=True).stdout.split()
@@ -268,3 +296,31 @@ def test_sweep_retries_a_failing_experiment_and_finishes_the_others(
     assert ok["status"] == "succeeded" and ok["rev"]
     exp_show = dvc(repo, "exp", "show", "--csv")
     assert "mixed-001" in exp_show and "mixed-000" not in exp_show
+
+
+@pytest.mark.slow
+def test_sweep_on_remote_workers_goes_through_git_and_dvc_remotes(
+    prefect_isolated, tiny_project, tmp_path
+):
+    """Remote mode: workers clone a git remote and exchange outputs through a DVC remote."""
+    repo = tiny_project(reproduce=True)
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    subprocess.run(["git", "remote", "add", "origin", str(remote)], cwd=repo, check=True)
+    dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "dvc-storage"))
+    subprocess.run(["git", "commit", "-q", "-am", "remotes"], cwd=repo, check=True)
+    subprocess.run(["git", "push", "-q", "origin", "main"], cwd=repo, check=True)
+    dvc(repo, "push", "-q")
+
+    from pipelines.sweep import dask_task_runner, sweep
+
+    outcomes = sweep.with_options(task_runner=dask_task_runner(workers=2))(
+        grid={"train.add": [50]}, root=str(repo), name="far", git_remote="origin")
+    assert [o["status"] for o in outcomes] == ["succeeded"]
+    from pipelines.results import collect_results
+
+    assert collect_results(repo, prefix="far-")["value"].tolist() == [1 + 50 + 100 + 1000]
+    assert not (repo / ".dvc" / "tmp" / "gmg-sweeps").exists()
+    # The experiment's new outputs reached the DVC remote and were pulled into the cache.
+    dvc(repo, "exp", "apply", "far-000")
+    assert json.loads((repo / "models" / "model.json").read_text())["value"] == 1 + 50

@@ -24,6 +24,7 @@ BASE = {
     "objective": "beta_tcvae",
     "hfs": True,
     "regularizer": "gmg",
+    "gap_options": {"max_iter": 3, "inner_iterations": 10, "max_inner": 20},
     "target": "decoder",
     "steps": 6,
     "batch_size": 8,

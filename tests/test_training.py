@@ -22,6 +22,7 @@ from gmgcore.training import (
 )
 
 SHAPE = (8, 8)
+FAST = {"max_iter": 3, "inner_iterations": 10, "max_inner": 20}  # a small GW solver budget
 MLP = {"architecture": "mlp", "observation_shape": list(SHAPE), "latent_dim": 3, "hidden": [32]}
 
 
@@ -64,7 +65,8 @@ def test_every_combination_trains(name: str, hfs: float, kind: str, target: str)
     objective = ObjectiveSpec(
         name=name, beta=2.0, hfs=hfs, dataset_size=len(IMAGES), discriminator_hidden=32
     )
-    regularizer = RegularizerSpec(kind=kind, target=target, cost_x="cosine", cost_y="sqeuclidean")
+    regularizer = RegularizerSpec(kind=kind, target=target, cost_x="cosine", cost_y="sqeuclidean",
+                                  gap_options=FAST)
     model = build_seeded(MLP, 0)
     before = [p.detach().clone() for p in model.encoder.parameters()]
     if name == "decoder_free" and kind != "none" and target != "encoder":
@@ -99,7 +101,7 @@ def test_conv_models_train_with_decoder_gmg(arch: str) -> None:
         model,
         _batches(images, 4),
         ObjectiveSpec(),
-        RegularizerSpec(kind="gmg"),
+        RegularizerSpec(kind="gmg", gap_options=FAST),
         TrainSpec(steps=2, log_every=2),
     )
     assert {"reconstruction", "kl", "gmg", "dst", "gw"} <= set(result.rows[-1])
@@ -163,7 +165,7 @@ def _run(
     [
         (
             ObjectiveSpec(name="beta_tcvae", hfs=1.0, dataset_size=256),
-            RegularizerSpec(kind="gmg", target="both"),
+            RegularizerSpec(kind="gmg", target="both", gap_options=FAST),
         ),
         (
             ObjectiveSpec(name="factorvae", discriminator_hidden=32),

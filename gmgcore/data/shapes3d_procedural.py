@@ -14,10 +14,10 @@ light, a specular highlight on the object, and 2×2 supersampling.
 
 Rendering is split in two because colour and geometry are independent: geometry
 (scale, shape, orientation; 480 cases) is ray-cast once into per-pixel weights
-``W [64·64, 5]`` over the colours (floor, wall, object, sky, white) and cached, and an image
-is ``min(255, round(255 · W C))`` with ``C [5, 3]`` its colours in [0, 1]. Ray casting runs per
-(orientation, scale) for the four shapes at once, tens of milliseconds each (about 2 s to
-fill the whole cache); after that an image costs one small matrix product.
+``W [64·64, 5]`` over the colours (floor, wall, object, sky, white; each row sums to ≤ 1)
+and cached, and an image is ``round(255 · W C)`` with ``C [5, 3]`` its colours in [0, 1].
+Ray casting runs per (orientation, scale) for the four shapes at once, tens of milliseconds
+each (about 2 s to fill the whole cache); after that an image costs one small matrix product.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ CAMERA_HEIGHT = 1.9
 TARGET = np.array([0.0, 0.75, 0.0])
 FIELD_OF_VIEW = np.deg2rad(42.0)
 LIGHT = np.array([-0.45, 0.8, -0.25]) / np.linalg.norm([-0.45, 0.8, -0.25])  # towards the light
-AMBIENT, DIFFUSE, SPECULAR, SHININESS = 0.45, 0.6, 0.3, 24.0
+AMBIENT, DIFFUSE, SPECULAR, SHININESS = 0.4, 0.6, 0.3, 24.0  # shade = A + D·max(n·l, 0) ≤ 1
 SKY_RGB = np.array([0.62, 0.80, 0.96])
 OBJECT_SIZE = 0.72  # half-width of the object at scale 1
 # A sub-pixel ray passes within this distance of its pixel-centre ray inside the room
 # (≤ 7 units away: 7 · tan(21°) / 64 · √2 ≈ 0.06).
 _PIXEL_MARGIN = 0.1
-_FLOOR, _WALL, _OBJECT, _SKY, _WHITE = range(5)
+_FLOOR, _WALL, _OBJECT, _SKY, _WHITE, _ROUND = range(6)  # colour channels of the weights
 _BLAS: list[ThreadpoolController] = []  # created on first use (scanning libraries takes ~1 ms)
 
 
@@ -137,7 +137,8 @@ def _background(azimuth_deg: float) -> dict[str, np.ndarray]:
 
 
 def _geometry(bg: dict[str, np.ndarray], half: float) -> np.ndarray:
-    """Colour weights float32 ``[4, 64·64, 5]`` of the four shapes for one camera and size.
+    """Colour weights float32 ``[4, 64·64, 6]`` of the four shapes for one camera and size
+    (floor, wall, object, sky, white, and a constant 1 that carries the rounding offset).
 
     Only rays near the object (primary rays through its bounding box, and floor or wall
     points whose light ray crosses it) are traced again; their change is added to the
@@ -159,7 +160,8 @@ def _geometry(bg: dict[str, np.ndarray], half: float) -> np.ndarray:
     pixel = bg["pixel"][touched]
     p_shadow = bg["point"][shadow]
     to_light = np.broadcast_to(LIGHT, p_shadow.shape)
-    out = np.empty((4, RES * RES, 5), np.float32)
+    out = np.empty((4, RES * RES, 6), np.float32)
+    out[:, :, _ROUND] = 1.0
     for shape in range(4):
         w = base.copy()
         t_block, _ = _object(shape, p_shadow, to_light, half)
@@ -171,13 +173,15 @@ def _geometry(bg: dict[str, np.ndarray], half: float) -> np.ndarray:
         halfway = LIGHT - d[primary[hit]]
         halfway /= np.linalg.norm(halfway, axis=1, keepdims=True)
         w[idx] = 0.0
-        w[idx, _OBJECT] = AMBIENT + DIFFUSE * np.clip(normal @ LIGHT, 0.0, None)
-        specular = np.clip(np.einsum("ij,ij->i", normal, halfway), 0.0, None) ** SHININESS
-        w[idx, _WHITE] = SPECULAR * specular
+        # highlight σ blends towards white, so every pixel's weights sum to at most 1
+        sigma = SPECULAR * np.clip(np.einsum("ij,ij->i", normal, halfway), 0.0, None) ** SHININESS
+        shade = AMBIENT + DIFFUSE * np.clip(normal @ LIGHT, 0.0, None)
+        w[idx, _OBJECT] = (1.0 - sigma) * shade
+        w[idx, _WHITE] = sigma
         delta = (w - base) / SUPERSAMPLE**2
         slots = (pixel[:, None] * 5 + np.arange(5)).ravel()
         change = np.bincount(slots, delta.ravel(), minlength=RES * RES * 5)
-        out[shape] = bg["image"] + change.reshape(RES * RES, 5)
+        out[shape, :, :5] = bg["image"] + change.reshape(RES * RES, 5)
     return out
 
 
@@ -205,7 +209,7 @@ class Shapes3DProcedural(GroundTruthData):
         self._palette = hue_to_rgb(self.factor_values[0]).astype(np.float32) * 255  # [10, 3]
 
     def geometry_weights(self, orientation: int, scale: int) -> np.ndarray:
-        """Cached colour weights float32 ``[4 shapes, 64·64, 5]`` of one camera and size."""
+        """Cached colour weights float32 ``[4 shapes, 64·64, 6]`` of one camera and size."""
         key = (int(orientation), int(scale))
         with self._lock:
             if key not in self._weights:
@@ -221,12 +225,13 @@ class Shapes3DProcedural(GroundTruthData):
     def _render(self, classes: np.ndarray) -> np.ndarray:
         """Pixels ``W C`` per group of images sharing a geometry: one matrix product each."""
         n = len(classes)
-        colours = np.empty((n, 3, 5), np.float32)  # [image, rgb, surface]
+        colours = np.empty((n, 3, 6), np.float32)  # [image, rgb, surface]
         colours[:, :, _FLOOR] = self._palette[classes[:, 0]]
         colours[:, :, _WALL] = self._palette[classes[:, 1]]
         colours[:, :, _OBJECT] = self._palette[classes[:, 2]]
         colours[:, :, _SKY] = SKY_RGB * 255
         colours[:, :, _WHITE] = 255.0
+        colours[:, :, _ROUND] = 0.5  # weights sum to ≤ 1, so W C + 0.5 < 256 casts to uint8
         out = np.empty((n, RES * RES, 3), np.uint8)
         group = (classes[:, 5] * 8 + classes[:, 3]) * 4 + classes[:, 4]
         order = np.argsort(group, kind="stable")
@@ -237,10 +242,8 @@ class Shapes3DProcedural(GroundTruthData):
         with _BLAS[0].limit(limits=1, user_api="blas"):
             for sel in np.split(order, bounds):
                 key = group[sel[0]]
-                weights = self.geometry_weights(key // 32, (key // 4) % 8)[key % 4]  # [P, 5]
-                pixels = colours[sel].reshape(-1, 5) @ weights.T  # [m * 3, P]
-                pixels += 0.5
-                np.minimum(pixels, 255.0, out=pixels)
+                weights = self.geometry_weights(key // 32, (key // 4) % 8)[key % 4]  # [P, 6]
+                pixels = colours[sel].reshape(-1, 6) @ weights.T  # [m * 3, P]
                 block = np.empty((len(sel), RES * RES, 3), np.uint8)
                 rgb_last = pixels.reshape(len(sel), 3, -1).transpose(0, 2, 1)
                 np.copyto(block, rgb_last, casting="unsafe")

@@ -36,53 +36,69 @@ class ImportanceFit(NamedTuple):
     accuracy_test: np.ndarray
 
 
-def _fit_exact(x: np.ndarray, y: np.ndarray, seed: int):
-    model = GradientBoostingClassifier(random_state=seed).fit(x, y)
-    return model, np.abs(model.feature_importances_)
+def _fit_exact(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, seed: int
+) -> tuple[np.ndarray, float, float]:
+    model = GradientBoostingClassifier(random_state=seed).fit(x_train, y_train)
+    return (
+        np.abs(model.feature_importances_),
+        float(np.mean(model.predict(x_train) == y_train)),
+        float(np.mean(model.predict(x_test) == y_test)),
+    )
 
 
-def _fit_lightgbm(x: np.ndarray, y: np.ndarray, seed: int):
+LIGHTGBM_PARAMS: dict[str, object] = {
+    "learning_rate": 0.1,
+    "max_depth": 3,
+    "num_leaves": 8,
+    "min_data_in_leaf": 1,
+    "min_sum_hessian_in_leaf": 1e-3,
+    "lambda_l2": 0.0,
+    "bagging_fraction": 1.0,
+    "feature_fraction": 1.0,
+    "num_threads": 1,
+    "deterministic": True,
+    "force_col_wise": True,
+    "metric": "None",
+    "verbosity": -1,
+}
+LIGHTGBM_ROUNDS = 100
+
+
+def _fit_lightgbm(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, seed: int
+) -> tuple[np.ndarray, float, float]:
     try:
         import lightgbm
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             "DCI backend 'lightgbm' needs the lightgbm package (pip install lightgbm)"
         ) from err
-    model = lightgbm.LGBMClassifier(
-        n_estimators=100,
-        learning_rate=0.1,
-        max_depth=3,
-        num_leaves=8,
-        min_child_samples=1,
-        min_child_weight=1e-3,
-        reg_lambda=0.0,
-        subsample=1.0,
-        colsample_bytree=1.0,
-        n_jobs=1,
-        random_state=seed,
-        deterministic=True,
-        verbose=-1,
-    ).fit(x, y)
-    gain = model.booster_.feature_importance(importance_type="gain")
-    total = gain.sum()
-    return model, (gain / total if total > 0 else np.zeros_like(gain, dtype=np.float64))
+    classes, label = np.unique(y_train, return_inverse=True)
+    binary = classes.size == 2
+    params = {**LIGHTGBM_PARAMS, "seed": seed}
+    params.update({"objective": "binary"} if binary else
+                  {"objective": "multiclass", "num_class": int(classes.size)})  # fmt: skip
+    data = lightgbm.Dataset(x_train, label=label)
+    booster = lightgbm.train(
+        params, data, num_boost_round=LIGHTGBM_ROUNDS, keep_training_booster=True
+    )
+    gain = booster.feature_importance(importance_type="gain").astype(np.float64)
+    importance = gain / gain.sum() if gain.sum() > 0 else np.zeros_like(gain)
+
+    def predicted(proba: np.ndarray) -> np.ndarray:
+        # The class rule of LGBMClassifier.predict: argmax, or p > 0.5 for two classes.
+        return classes[(proba > 0.5).astype(int) if binary else np.argmax(proba, axis=1)]
+
+    # Training accuracy from the booster's own training scores (no second pass over the trees).
+    train_acc = booster.eval_train(
+        lambda proba, _: ("accuracy", float(np.mean(predicted(proba) == y_train)), True)
+    )[0][2]
+    test_acc = float(np.mean(predicted(booster.predict(x_test)) == y_test))
+    return importance, float(train_acc), test_acc
 
 
 _FITTERS = {"exact": _fit_exact, "lightgbm": _fit_lightgbm}
-
-
-def _fit_factor(
-    backend: str,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    seed: int,
-) -> tuple[np.ndarray, float, float]:
-    model, importance = _FITTERS[backend](x_train, y_train, seed)
-    acc_train = float(np.mean(model.predict(x_train) == y_train))
-    acc_test = float(np.mean(model.predict(x_test) == y_test))
-    return np.asarray(importance, dtype=np.float64), acc_train, acc_test
 
 
 def importance_matrix(
@@ -103,10 +119,9 @@ def importance_matrix(
     """
     if backend not in _FITTERS:
         raise ValueError(f"unknown DCI backend {backend!r}; expected one of {BACKENDS}")
+    fit = _FITTERS[backend]
     jobs = (
-        delayed(_fit_factor)(
-            backend, codes_train, factors_train[:, j], codes_test, factors_test[:, j], seed
-        )
+        delayed(fit)(codes_train, factors_train[:, j], codes_test, factors_test[:, j], seed)
         for j in range(factors_train.shape[1])
     )
     results = Parallel(n_jobs=n_jobs)(jobs)
