@@ -1,147 +1,181 @@
-r"""Distortion (DST) and the Gromov-Monge gap (GMG) of a map from mini-batch samples.
+r"""Distortion (DST) and Gromov-Monge gap (GMG) of a map from a mini-batch ``(x_i, T(x_i))``.
 
-For a batch :math:`x_1..x_n`, its images :math:`y_i = T(x_i)` and cost matrices
-:math:`C^x_{ij} = c_X(x_i, x_j)`, :math:`C^y_{ij} = c_Y(y_i, y_j)` (Uscidda et al., ICLR 2025,
-§3; the ½ convention of the authors' definition of DST):
+Uscidda et al., "Disentangled Representation Learning with the Gromov-Monge Gap", ICLR 2025,
+§3 (DST, GMG) and Algorithm 1 (ε scaling). With :math:`C^x_{ij} = c_X(x_i, x_j)` and
+:math:`C^y_{ij} = c_Y(T(x_i), T(x_j))` (``[n, n]``, see :mod:`gmgcore.costs`) and the ½ convention
+of the paper:
 
 .. math::
 
-    \mathrm{DST}(T) = \frac{1}{n^2} \sum_{ij} \tfrac12 (C^x_{ij} - C^y_{ij})^2
-                    = \tfrac12 Q(I/n),
+    \mathrm{DST} = \frac{1}{n^2} \sum_{ij} \tfrac12 (C^x_{ij} - C^y_{ij})^2, \qquad
+    \mathrm{GMG} = \mathrm{DST} - \tfrac12 Q(\bar P), \qquad
+    Q(P) = \sum_{ijkl} (C^x_{ik} - C^y_{jl})^2 P_{ij} P_{kl},
 
-    \mathrm{GW}_\varepsilon = \tfrac12 Q(P_\varepsilon), \quad
-    P_\varepsilon = \arg\min_{P \in U(1/n, 1/n)} \tfrac12 Q(P) - \varepsilon H(P),
+where :math:`\bar P` (detached) is the better, in the entropic objective
+:math:`E(P) = \tfrac12 Q(P) + \varepsilon\,\mathrm{KL}(P \| \tfrac{1}{n^2} 1 1^\top)`, of two
+couplings of the uniform weights: the entropic GW coupling found by
+:func:`gmgcore.gromov.solve`, and the map's own coupling :math:`I/n` (whose quadratic cost is DST).
 
-    \mathrm{GMG}(T) = \mathrm{DST}(T) - \mathrm{GW}_\varepsilon,
-
-with :math:`Q(P) = \sum_{ijkl} (C^x_{ik} - C^y_{jl})^2 P_{ij} P_{kl}` (:mod:`gmgcore.gromov`).
-
-Estimator, exactly:
-
-* ε follows the paper's rule :math:`\varepsilon = \varepsilon_0 \cdot \overline{|C^x|} \cdot
-  \overline{|C^y|}` (means over all :math:`n^2` entries, computed without gradient) and belongs
-  to the ½-convention objective above. :func:`gmgcore.gromov.solve` takes POT's ε, which is
-  twice it, so the solver is called with ``2 ε``.
-* Only the quadratic part is subtracted: the entropic term :math:`\varepsilon H(P_\varepsilon)`
-  is *not* part of ``gw``. It would shift the value by a constant of the batch but not change the
-  gradient (envelope theorem), and leaving it out keeps GMG = 0 for an exact Gromov-Monge map
-  solved with ε → 0.
-* Gradients flow into both cost matrices with :math:`P_\varepsilon` detached (envelope theorem;
-  the solver is never unrolled): :math:`\partial \mathrm{GW} / \partial C^y = 2 (C^y \odot
-  q q^\top) - 2 P^\top C^x P` and symmetrically for :math:`C^x`.
-* Sign. Without entropy GW ≤ DST (the diagonal coupling :math:`I/n` is feasible), so GMG ≥ 0.
-  With entropy, :math:`P_\varepsilon` is blurred and the problem is non-convex, so a solver can
-  end at a coupling whose quadratic cost exceeds DST: the estimate can be slightly negative,
-  by at most the entropic bias (roughly :math:`2\varepsilon \log n`) when the solver finds the
-  map's own coupling basin. The value is returned as computed, never clamped.
+* **ε.** :math:`\varepsilon = \varepsilon_0 \cdot \mathrm{mean}|C^x| \cdot \mathrm{mean}|C^y|`
+  (Algorithm 1 with stat = mean; the absolute value keeps ε > 0 for signed costs such as a
+  centred cosine, whose mean can vanish), detached. This ε belongs to the ½-convention
+  objective; :func:`gmgcore.gromov.solve` and POT use ``epsilon = 2 ε`` for the same coupling
+  (:func:`solver_epsilon`).
+* **Entropic term.** Not subtracted: ``gw`` is the quadratic part :math:`\tfrac12 Q(\bar P)`;
+  ``gw_entropic`` = :math:`E(\bar P)` is reported for logging.
+* **Sign.** GMG ≥ 0 for the exact (unregularised, global) GW. The estimate is not: the entropic
+  coupling is blurred and only a local optimum, so :math:`\tfrac12 Q(\bar P)` can exceed DST. The
+  choice of :math:`\bar P` guarantees :math:`E(\bar P) \le E(I/n) = \mathrm{DST} + \varepsilon \log n`,
+  hence :math:`-\varepsilon \log n \le \mathrm{GMG} \le \mathrm{DST}`; for an isometry,
+  :math:`\mathrm{GMG} \in [-\varepsilon \log n, 0]`.
+* **Gradient.** Envelope theorem: :math:`\bar P` is detached and the closed form is
+  differentiated, never the solver. The gradient of ``value`` is the exact gradient of
+  :math:`\mathrm{DST} - E(\bar P)` at a converged :math:`\bar P` with ε held fixed. Computed as
+  ``value = <C^x P̄ C^{y⊤}, P̄> − mean(C^x ⊙ C^y)``, equal to DST − ½Q(P̄) for uniform marginals
+  and free of the cancellation between two large terms.
+* **Budget.** The defaults are a fixed small budget for a training step (at most 20 outer steps
+  of at most 5 Sinkhorn iterations, early exit at ``tol``); ``converged`` says whether ``tol``
+  was reached. The coupling is always a valid coupling and the value is always finite.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from gmgcore.costs import CostName, pairwise_cost
-from gmgcore.gromov import quadratic_cost, solve
+from gmgcore import gromov
+from gmgcore.costs import CostName, cost_rank, pairwise_cost, pairwise_cost_factors
 
-__all__ = [
-    "GapResult",
-    "distortion",
-    "distortion_from_costs",
-    "gap_epsilon",
-    "gromov_monge_gap",
-    "gromov_monge_gap_from_costs",
-]
+Init = Literal["product", "identity"]
 
 
 @dataclass(frozen=True)
 class GapResult:
-    """Output of :func:`gromov_monge_gap`; scalars are ``[]`` (or ``[B]`` for batched costs).
+    """GMG estimate and its parts; tensors are ``[]`` (or ``[B]`` for batched costs).
 
     Attributes:
-        value: GMG = ``distortion - gw``, differentiable in both cost matrices.
-        distortion: DST, differentiable.
-        gw: ½ Q(P_ε) at the detached coupling, differentiable (envelope gradient).
-        epsilon: the ½-convention ε = ε0 · mean|C_x| · mean|C_y| (detached).
-        coupling: ``[n, n]`` detached entropic GW coupling.
-        iterations: outer solver steps.
-        inner_iterations: Sinkhorn iterations, summed over outer steps.
-        converged: bool tensor, per problem.
+        value: GMG, differentiable. distortion: DST, differentiable. gw: ½Q(P̄) = DST − value,
+            differentiable. gw_entropic: E(P̄) (detached). epsilon: ε in the ½ convention.
+        coupling: P̄ ``[n, n]`` (detached). identity_won: whether P̄ is the map's own coupling.
+        iterations, inner_iterations: solver counts. converged: the solver reached ``tol`` for
+            every problem. marginal_error: the solver's largest L1 marginal error before rounding.
     """
 
     value: Tensor
     distortion: Tensor
     gw: Tensor
+    gw_entropic: Tensor
     epsilon: Tensor
     coupling: Tensor
+    identity_won: Tensor
     iterations: int
     inner_iterations: int
-    converged: Tensor
-
-    def log_terms(self) -> dict[str, float]:
-        """Plain floats for logging (batch means)."""
-        return {
-            "gmg": float(self.value.detach().mean()),
-            "dst": float(self.distortion.detach().mean()),
-            "gw": float(self.gw.detach().mean()),
-            "gw_epsilon": float(self.epsilon.mean()),
-            "solver_iterations": float(self.iterations),
-            "solver_converged": float(self.converged.float().mean()),
-        }
+    converged: bool
+    marginal_error: float
 
 
 def distortion_from_costs(C_x: Tensor, C_y: Tensor) -> Tensor:
-    r""":math:`\frac{1}{n^2}\sum_{ij} \tfrac12 (C^x_{ij} - C^y_{ij})^2` for ``[.., n, n]`` costs."""
-    if C_x.shape != C_y.shape:
-        raise ValueError(f"cost matrices differ in shape: {tuple(C_x.shape)} vs {tuple(C_y.shape)}")
-    return 0.5 * (C_x - C_y).pow(2).mean((-2, -1))
+    """:math:`\\frac{1}{n^2}\\sum_{ij} \\tfrac12 (C^x_{ij} - C^y_{ij})^2`; ``[.., n, n]`` → ``[..]``."""
+    return 0.5 * (C_x - C_y).square().mean((-1, -2))
 
 
-def distortion(x: Tensor, y: Tensor, cost_x: CostName, cost_y: CostName) -> Tensor:
-    """DST of the map ``x_i → y_i``; ``x: [n, ...]``, ``y: [n, ...]`` flattened per sample."""
-    _check_pair(x, y)
-    return distortion_from_costs(pairwise_cost(x, cost_x), pairwise_cost(y, cost_y))
+def distortion(
+    x: Tensor, y: Tensor, cost_x: CostName, cost_y: CostName, *, center: bool = False
+) -> Tensor:
+    """DST of the map ``x_i → y_i``; ``x: [n, ...]``, ``y: [n, ...]`` → scalar. Differentiable
+    in ``y`` only: ``x`` is the reference sample and is detached."""
+    return distortion_from_costs(
+        pairwise_cost(x.detach(), cost_x, center=center), pairwise_cost(y, cost_y, center=center)
+    )
 
 
 def gap_epsilon(C_x: Tensor, C_y: Tensor, epsilon0: float) -> Tensor:
-    """ε = ε0 · mean|C_x| · mean|C_y| (½ convention), detached, ``[]`` or ``[B]``."""
-    if not epsilon0 > 0:
-        raise ValueError(f"epsilon0 must be > 0, got {epsilon0}")
-    with torch.no_grad():
-        eps = epsilon0 * C_x.abs().mean((-2, -1)) * C_y.abs().mean((-2, -1))
-        return eps.clamp(min=torch.finfo(C_x.dtype).tiny)
+    """:math:`\\varepsilon_0\\,\\mathrm{mean}|C^x|\\,\\mathrm{mean}|C^y|` (½ convention), detached."""
+    stat = C_x.detach().abs().mean((-1, -2)) * C_y.detach().abs().mean((-1, -2))
+    return epsilon0 * stat
+
+
+def solver_epsilon(epsilon: Tensor) -> Tensor:
+    """POT's / :func:`gmgcore.gromov.solve`'s ε for the ½-convention ε: ``2 ε``, floored at
+    ``sqrt(tiny)`` so that ``4 / ε`` stays finite when both costs vanish (a constant map)."""
+    return (2.0 * epsilon).clamp(min=torch.finfo(epsilon.dtype).tiny ** 0.5)
+
+
+def _init_coupling(init: Init | float, eye: Tensor) -> Tensor | None:
+    """``None`` (product), ``I/n``, or the blend ``(1 − δ) · 11ᵀ/n² + δ · I/n`` for a float δ."""
+    if init == "product":
+        return None
+    if init == "identity":
+        return eye
+    if isinstance(init, float | int) and 0.0 <= init <= 1.0:
+        return (1.0 - init) / eye.shape[-1] ** 2 + init * eye
+    raise ValueError(f"init must be 'product', 'identity' or a float in [0, 1]; got {init!r}")
 
 
 def gromov_monge_gap_from_costs(
-    C_x: Tensor, C_y: Tensor, epsilon0: float, init: Tensor | None = None, **solver_options: Any
+    C_x: Tensor,
+    C_y: Tensor,
+    epsilon: float | Tensor,
+    *,
+    init: Init | float = "product",
+    tol: float = 1e-5,
+    max_iter: int = 20,
+    inner_iterations: int = 5,
+    max_inner: int = 5,
+    factors_x: gromov.Factors | None = None,
+    factors_y: gromov.Factors | None = None,
 ) -> GapResult:
-    """GMG from cost matrices ``[n, n]`` (or ``[B, n, n]``); see the module docstring.
+    """GMG from cost matrices ``C_x``, ``C_y`` ``[n, n]`` or ``[B, n, n]`` (module docstring).
 
-    ``solver_options`` go to :func:`gmgcore.gromov.solve` (``tol``, ``max_iter``, ...). Non-finite
-    costs raise ValueError; a solver that runs out of budget still returns a valid coupling with
-    ``converged`` False.
+    ``epsilon`` is the ½-convention ε (scalar or ``[B]``), e.g. :func:`gap_epsilon`. ``init``
+    starts the solver from the product coupling (POT/OTT default), from ``I/n``, or from a blend
+    ``(1 − δ) · product + δ · I/n`` (float δ). The product coupling is an exact stationary point
+    when the row means of ``C_x`` or ``C_y`` are constant (e.g. centred inner products); a small
+    δ then breaks the symmetry. The budget arguments and factors go to
+    :func:`gmgcore.gromov.solve`.
     """
-    if not (torch.isfinite(C_x).all() and torch.isfinite(C_y).all()):
-        raise ValueError("gromov_monge_gap: cost matrices contain NaN or inf")
-    eps = gap_epsilon(C_x, C_y, epsilon0)
-    result = solve(C_x.detach(), C_y.detach(), 2.0 * eps, init=init, **solver_options)
-    P = result.coupling.detach()
-    gw = 0.5 * quadratic_cost(_batched(C_x), _batched(C_y), _batched(P))
-    gw = gw.reshape(C_x.shape[:-2])
+    if C_x.shape != C_y.shape or C_x.shape[-1] != C_x.shape[-2]:
+        raise ValueError(f"C_x and C_y must both be [n, n] (or [B, n, n]); got {C_x.shape}, "
+                         f"{C_y.shape}")
+    n = C_x.shape[-1]
+    eps = torch.as_tensor(epsilon, dtype=C_x.dtype, device=C_x.device).detach()
+    eps = eps.expand(C_x.shape[:-2]) if eps.ndim == 0 else eps
+    eye = torch.eye(n, dtype=C_x.dtype, device=C_x.device).expand(C_x.shape) / n
+    res = gromov.solve(
+        C_x.detach(), C_y.detach(), solver_epsilon(eps), _init_coupling(init, eye),
+        tol=tol, max_iter=max_iter, inner_iterations=inner_iterations, max_inner=max_inner,
+        factors_x=factors_x, factors_y=factors_y,
+    )
     dst = distortion_from_costs(C_x, C_y)
+    entropic = 0.5 * res.entropic_cost
+    entropic_identity = dst.detach() + eps * math.log(n)
+    identity_won = entropic_identity < entropic
+    P = torch.where(identity_won[..., None, None], eye, res.coupling)
+    value = (gromov.linearization(C_x, C_y, P) * P).sum((-1, -2)) - (C_x * C_y).mean((-1, -2))
     return GapResult(
-        value=dst - gw,
+        value=value,
         distortion=dst,
-        gw=gw,
+        gw=dst - value,
+        gw_entropic=torch.minimum(entropic, entropic_identity),
         epsilon=eps,
         coupling=P,
-        iterations=result.iterations,
-        inner_iterations=result.inner_iterations,
-        converged=result.converged,
+        identity_won=identity_won,
+        iterations=res.iterations,
+        inner_iterations=res.inner_iterations,
+        converged=bool(res.converged.all()),
+        marginal_error=float(res.marginal_error.max()),
     )
+
+
+def _factors(x: Tensor, kind: CostName, center: bool) -> gromov.Factors | None:
+    """Low-rank factors of the cost when they make the linearisation cheaper (rank < n / 2)."""
+    if cost_rank(x, kind) * 2 >= x.shape[0]:
+        return None
+    return pairwise_cost_factors(x, kind, center=center)
 
 
 def gromov_monge_gap(
@@ -150,24 +184,30 @@ def gromov_monge_gap(
     cost_x: CostName,
     cost_y: CostName,
     epsilon0: float,
-    init: Tensor | None = None,
-    **solver_options: Any,
+    *,
+    center: bool = False,
+    init: Init | float = "product",
+    tol: float = 1e-5,
+    max_iter: int = 20,
+    inner_iterations: int = 5,
+    max_inner: int = 5,
 ) -> GapResult:
-    """GMG of the map ``x_i → y_i``; ``x: [n, ...]``, ``y: [n, ...]`` flattened per sample.
+    """GMG of the map ``x_i → y_i``; ``x: [n, ...]``, ``y: [n, ...]`` are flattened per sample.
 
-    Gradients reach ``y`` (and ``x`` if it requires grad) through the cost matrices only.
+    Costs as in :func:`gmgcore.costs.pairwise_cost` (``center`` applies to cosine and inner
+    product); ε = ``epsilon0`` · mean|C_x| · mean|C_y| (:func:`gap_epsilon`). A side whose cost
+    has rank < n/2 (e.g. a 10-dim latent) is passed to the solver in low-rank form. Gradients
+    reach the map through ``y`` only: ``x`` is the reference sample and is detached (call
+    :func:`gromov_monge_gap_from_costs` to differentiate both sides). Raises ValueError on
+    non-finite costs; otherwise always returns finite values.
     """
-    _check_pair(x, y)
-    C_x, C_y = pairwise_cost(x, cost_x), pairwise_cost(y, cost_y)
-    return gromov_monge_gap_from_costs(C_x, C_y, epsilon0, init=init, **solver_options)
-
-
-def _batched(t: Tensor) -> Tensor:
-    return t if t.ndim == 3 else t.unsqueeze(0)
-
-
-def _check_pair(x: Tensor, y: Tensor) -> None:
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y need the same batch size; got {x.shape[0]} and {y.shape[0]}")
-    if x.shape[0] < 2:
-        raise ValueError("a gap needs at least 2 samples")
+        raise ValueError(f"x and y must have the same batch size; got {x.shape[0]}, {y.shape[0]}")
+    C_x = pairwise_cost(x.detach(), cost_x, center=center)
+    C_y = pairwise_cost(y, cost_y, center=center)
+    return gromov_monge_gap_from_costs(
+        C_x, C_y, gap_epsilon(C_x, C_y, epsilon0), init=init, tol=tol, max_iter=max_iter,
+        inner_iterations=inner_iterations, max_inner=max_inner,
+        factors_x=_factors(x.detach(), cost_x, center),
+        factors_y=_factors(y.detach(), cost_y, center),
+    )

@@ -46,7 +46,6 @@ from torch import Tensor
 
 Factors = tuple[Tensor, Tensor]
 
-_INNER_RATIO = 0.0
 _SCALE_LIMIT = 1e15  # fold the Sinkhorn scaling into the potential beyond this range
 
 
@@ -210,7 +209,7 @@ def _pgd(
             lo = min(float(xp.amin(u)), float(xp.amin(v)))
             hi = max(float(xp.amax(u)), float(xp.amax(v)))
             finite = math.isfinite(worst) and math.isfinite(hi) and lo > 0
-            if not finite or worst <= max(tol, _INNER_RATIO * last_change):
+            if not finite or worst <= max(tol, last_change):
                 break
             if hi > _SCALE_LIMIT or lo < 1 / _SCALE_LIMIT:  # fold v into g, rebuild K
                 g = g + xp.log(v).swapaxes(-1, -2)

@@ -43,7 +43,7 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _first_line(text: str | None, limit: int = 120) -> str:
+def _last_line(text: str | None, limit: int = 120) -> str:
     lines = [line for line in (text or "").splitlines() if line.strip()]
     line = lines[-1] if lines else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -153,7 +153,7 @@ def _print_outcomes(outcomes: list[dict[str, Any]]) -> None:
     table = Table("experiment", "params", "status", "attempts", "seconds", "commit / error")
     for o in outcomes:
         params = " ".join(f"{k}={v}" for k, v in o["params"].items())
-        detail = (o["rev"] or "")[:10] if o["status"] == "succeeded" else _first_line(o["error"])
+        detail = (o["rev"] or "")[:10] if o["status"] == "succeeded" else _last_line(o["error"])
         seconds = "" if o["seconds"] is None else f"{o['seconds']:.1f}"
         table.add_row(o["name"], params, o["status"], str(o["attempts"]), seconds, detail)
     Console().print(table)

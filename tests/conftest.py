@@ -141,6 +141,9 @@ def prefect_isolated(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PREFECT_HOME", str(home))
         mp.setenv("PREFECT_LOCAL_STORAGE_PATH", str(storage))
+        # Importing prefect.main configures Prefect's logging; do it here, on the real stderr,
+        # not inside a CliRunner whose captured stream is closed after the command.
+        import prefect.main  # noqa: F401
         from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
         from prefect.testing.utilities import prefect_test_harness
 

@@ -286,16 +286,30 @@ def test_sweep_retries_a_failing_experiment_and_finishes_the_others(
     repo = tiny_project(reproduce=True)
     fail_log = tmp_path / "failures.log"
     monkeypatch.setenv("TINY_FAIL_LOG", str(fail_log))
-    grid = [{"train.fail": True}, {"evaluate.add": 7}]
-    outcomes = {o["name"]: o for o in _sweep(repo, grid, "mixed", retries=1)}
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text("name: mixed\ngrid:\n  - {train.fail: true}\n  - {evaluate.add: 7}\n")
+    result = CliRunner().invoke(
+        cli(), ["sweep", "--root", str(repo), "--grid", str(grid_file), "--retries", "1"],
+        env={"COLUMNS": "250"})
 
-    failed, ok = outcomes["mixed-000"], outcomes["mixed-001"]
-    assert failed["status"] == "failed" and failed["attempts"] == 2
-    assert "failing on purpose" in failed["error"]
+    assert result.exit_code == 1, result.output
+    assert "1 of 2 experiments failed: mixed-000" in result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines()
+            if line.startswith("│ mixed-")}
+    assert "failed" in rows["mixed-000"] and "failed to reproduce 'train'" in rows["mixed-000"]
+    assert " 2 " in rows["mixed-000"]  # attempts
+    assert "succeeded" in rows["mixed-001"]
     assert fail_log.read_text().splitlines() == ["train", "train"]  # first try + one retry
-    assert ok["status"] == "succeeded" and ok["rev"]
     exp_show = dvc(repo, "exp", "show", "--csv")
     assert "mixed-001" in exp_show and "mixed-000" not in exp_show
+
+
+def test_sweep_command_rejects_unknown_keys_before_running(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text("train: {seed: 0}\n")
+    result = CliRunner().invoke(
+        cli(), ["sweep", "--root", str(tmp_path), "--vary", "train.sede=1,2"])
+    assert result.exit_code == 2
+    assert "train.sede" in result.output
 
 
 @pytest.mark.slow
