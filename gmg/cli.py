@@ -191,6 +191,15 @@ def report(
     )
 
 
+def _register_extensions() -> None:
+    from pipelines.cli import register as register_flows
+
+    register_flows(app)
+
+
+_register_extensions()
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="gmg")
 

@@ -47,6 +47,7 @@ from torch import Tensor
 Factors = tuple[Tensor, Tensor]
 
 _SCALE_LIMIT = 1e15  # fold the Sinkhorn scaling into the potential beyond this range
+_NEWTON_AFTER = 100  # Newton once Sinkhorn would need more iterations than this
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ class GWResult:
 
 def _check_inputs(C_x: Tensor, C_y: Tensor, init: Tensor | None) -> None:
     if C_x.ndim not in (2, 3) or C_x.ndim != C_y.ndim:
-        raise ValueError(f"C_x and C_y must both be [n, n] or [B, n, n]; got {C_x.shape}, {C_y.shape}")
+        raise ValueError(
+            f"C_x and C_y must both be [n, n] or [B, n, n]; got {C_x.shape}, {C_y.shape}"
+        )
     if C_x.shape[-1] != C_x.shape[-2] or C_y.shape[-1] != C_y.shape[-2]:
         raise ValueError(f"cost matrices must be square; got {C_x.shape}, {C_y.shape}")
     if C_x.ndim == 3 and C_x.shape[0] != C_y.shape[0]:
@@ -182,6 +185,72 @@ def _sinkhorn_block(
     return u, q / Ktu, err
 
 
+def _newton_step(
+    K: Array, Kt: Array, u: Array, v: Array, p: float, q: float, xp: ModuleType
+) -> tuple[Array, Array, Array]:
+    """One damped Newton step on the Sinkhorn dual (Brauer et al. 2017, "A Sinkhorn-Newton method
+    for entropic optimal transport"): minimise :math:`\\phi(a, b) = \\sum_{ij} e^{a_i} K_{ij}
+    e^{b_j} - p^\\top a - q^\\top b` over the log-scalings, eliminating ``a`` by its Schur
+    complement (an ``[m, m]`` solve), with Armijo backtracking. Returns ``u``, ``v`` and the L1
+    error of both marginals before the step."""
+    Kv, Ktu = K @ v, Kt @ u
+    r, c = u * Kv, v * Ktu
+    err = (xp.abs(r - p).sum(axis=(-1, -2)) + xp.abs(c - q).sum(axis=(-1, -2)))
+    P = u * K * v.swapaxes(-1, -2)
+    Pt = P.swapaxes(-1, -2)
+    m = c.shape[-2]
+    A = Pt @ (P / r)
+    A = -A + xp.eye(m, dtype=A.dtype)[None] * c + (1.0 / m) * xp.ones_like(A) * q
+    rhs = (q - c) + Pt @ ((r - p) / r)
+    db = xp.linalg.solve(A, rhs)
+    da = -((r - p) + P @ db) / r
+    slope = ((r - p) * da).sum(axis=(-1, -2)) + ((c - q) * db).sum(axis=(-1, -2))
+    phi0 = r.sum(axis=(-1, -2))
+    t = min(1.0, 30.0 / max(float(xp.amax(xp.abs(da))), float(xp.amax(xp.abs(db))), 1e-30))
+    for _ in range(30):
+        u2, v2 = u * xp.exp(t * da), v * xp.exp(t * db)
+        phi = (u2 * (K @ v2)).sum(axis=(-1, -2)) - t * (p * da.sum(axis=(-1, -2)) + q * db.sum(
+            axis=(-1, -2)))
+        if bool(xp.all(phi <= phi0 + 0.25 * t * slope)):
+            break
+        t *= 0.5
+    return u2, v2, err
+
+
+def _inner_solve(
+    S: Array, g: Array, floor: float, target: float, inner_iterations: int, max_inner: int,
+    p: float, q: float, xp: ModuleType,
+) -> tuple[Array, Array, Array, Array, Array, int, bool]:
+    """Sinkhorn on the kernel of ``S + g`` until the L1 marginal error is ≤ ``target`` or
+    ``max_inner`` iterations; switches to Newton steps when Sinkhorn would need more than
+    ``_NEWTON_AFTER`` further iterations. Returns ``K, u, v, g, err, iterations, finite``."""
+    K = _kernel(S, g, floor, xp)
+    u, v = xp.ones_like(S[..., :1]), xp.ones_like(g).swapaxes(-1, -2)
+    done, previous, newton = 0, math.inf, False
+    while done < max_inner:
+        count = 1 if newton else min(inner_iterations, max_inner - done)
+        if newton:
+            u, v, err = _newton_step(K, K.swapaxes(-1, -2), u, v, p, q, xp)
+        else:
+            u, v, err = _sinkhorn_block(K, K.swapaxes(-1, -2), v, count, p, q, xp)
+        done += count
+        worst = float(xp.amax(err))
+        lo = min(float(xp.amin(u)), float(xp.amin(v)))
+        hi = max(float(xp.amax(u)), float(xp.amax(v)))
+        if not (math.isfinite(worst) and math.isfinite(hi) and lo > 0):
+            return K, u, v, g, err, done, False
+        if worst <= target:
+            break
+        if hi > _SCALE_LIMIT or lo < 1 / _SCALE_LIMIT:  # fold v into g, rebuild K
+            g = g + xp.log(v).swapaxes(-1, -2)
+            K, v, newton = _kernel(S, g, floor, xp), xp.ones_like(v), False
+        elif not newton and 0 < worst < previous < math.inf:
+            rate = math.log(worst / previous) / count
+            newton = math.log(target / worst) / rate > _NEWTON_AFTER
+        previous = worst
+    return K, u, v, g, err, done, True
+
+
 def _pgd(
     C_x: Array, C_y: Array, x0: Array, eps: Array, xp: ModuleType, tol: float, max_iter: int,
     inner_iterations: int, max_inner: int, factors_x: Factors | None, factors_y: Factors | None,
@@ -195,25 +264,13 @@ def _pgd(
     g = x0[..., :1, :] * 0
     P, err, change = x0, xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
     scale = 4.0 / eps
-    outer, inner_total, last_change = 0, 0, math.inf
+    outer, inner_total = 0, 0
     while outer < max_iter:
         outer += 1
         S = linearization(C_x, C_y, P, factors_x, factors_y) * scale
-        K = _kernel(S, g, floor, xp)
-        v, done, finite = xp.ones_like(g).swapaxes(-1, -2), 0, True
-        while done < max_inner:
-            count = min(inner_iterations, max_inner - done)
-            u, v, err = _sinkhorn_block(K, K.swapaxes(-1, -2), v, count, p, q, xp)
-            done += count
-            worst = float(xp.amax(err))
-            lo = min(float(xp.amin(u)), float(xp.amin(v)))
-            hi = max(float(xp.amax(u)), float(xp.amax(v)))
-            finite = math.isfinite(worst) and math.isfinite(hi) and lo > 0
-            if not finite or worst <= max(tol, last_change):
-                break
-            if hi > _SCALE_LIMIT or lo < 1 / _SCALE_LIMIT:  # fold v into g, rebuild K
-                g = g + xp.log(v).swapaxes(-1, -2)
-                K, v = _kernel(S, g, floor, xp), xp.ones_like(v)
+        K, u, v, g, err, done, finite = _inner_solve(
+            S, g, floor, tol, inner_iterations, max_inner, p, q, xp
+        )
         inner_total += done
         if not finite:
             break
@@ -221,8 +278,8 @@ def _pgd(
         g = g - xp.amax(g, axis=-1, keepdims=True)
         P_new = u * K * v.swapaxes(-1, -2)
         change = xp.abs(P_new - P).sum(axis=(-1, -2))
-        P, last_change = P_new, float(xp.amax(change))
-        if max(last_change, worst) <= tol:
+        P = P_new
+        if max(float(xp.amax(change)), float(xp.amax(err))) <= tol:
             break
     return P, err, change, outer, inner_total
 

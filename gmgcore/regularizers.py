@@ -101,7 +101,7 @@ def gap_penalty(
     DST (Uscidda et al., ICLR 2025, §3):
     :math:`\frac{1}{n^2}\sum_{ij}\tfrac12(c_X(x_i,x_j) - c_Y(T(x_i),T(x_j)))^2`;
     GMG = DST − GW_ε between the batch and its image (:func:`gmgcore.gap.gromov_monge_gap`).
-    Both are computed in float32. Terms: ``gmg``, ``dst``, ``gw``, ``epsilon``,
+    Both are computed in float32. Terms: ``gmg``, ``dst``, ``gw``, ``gw_epsilon``,
     ``solver_iterations``, ``solver_converged`` (GMG) or ``dst`` (DST).
     """
     source, image = source.float(), image.float()
@@ -117,7 +117,7 @@ def gap_penalty(
         "gmg": res.value.detach(),
         "dst": _scalar(res.distortion, res.value),
         "gw": _scalar(res.gw, res.value),
-        "epsilon": _scalar(res.epsilon, res.value),
+        "gw_epsilon": _scalar(res.epsilon, res.value),
         "solver_iterations": _scalar(res.iterations, res.value),
         "solver_converged": _scalar(res.converged, res.value),
     }

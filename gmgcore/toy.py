@@ -125,16 +125,24 @@ def sqeuclidean(x: Tensor, y: Tensor) -> Tensor:
     return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
 
 
-def _softmin(K: Tensor, h: Tensor, buf: Tensor) -> Tensor:
-    r"""Row-wise :math:`\mathrm{LSE}_j(K_{ij} + h_j)` for ``K [n, m]``, ``h [1, m]``; ``[n, 1]``.
+def _softmin(c: Tensor, h: Tensor, epsilon: float, buf: Tensor) -> Tensor:
+    r"""Row-wise :math:`\mathrm{LSE}_j(h_j - c_{ij}/\varepsilon)` for ``c [n, m]``, ``h [1, m]``;
+    returns ``[n, 1]``.
 
     Works in place in ``buf`` (``[n, m]``) and clamps terms below ``max - 50`` (relative error
     under :math:`m e^{-50}`): this avoids allocating temporaries and producing subnormal
     ``exp`` outputs, each of which slows CPU Sinkhorn iterations several-fold."""
-    torch.add(K, h, out=buf)
+    torch.add(h, c, alpha=-1.0 / epsilon, out=buf)
     top = buf.amax(dim=1, keepdim=True)
     buf.sub_(top).clamp_(min=-50.0).exp_()
     return top + buf.sum(dim=1, keepdim=True).log_()
+
+
+def _exp_plan(log_plan: Tensor) -> Tensor:
+    """``exp`` with the exponent floored just above the smallest normal number of its dtype
+    (entries of at most ~1e-38 in fp32 are raised to it: no subnormals, no exact zeros)."""
+    floor = math.log(torch.finfo(log_plan.dtype).tiny) + 1.0
+    return log_plan.clamp_(min=floor).exp_()
 
 
 class EntropicOT(NamedTuple):
@@ -161,6 +169,7 @@ def entropic_ot(
     max_iter: int = 1000,
     tol: float = 1e-6,
     scaling: float = 0.7,
+    relaxation: float = 1.8,
 ) -> EntropicOT:
     r"""Entropic OT with squared Euclidean cost between :math:`\alpha = \frac1n\sum\delta_{x_i}`
     and :math:`\beta = \frac1m\sum\delta_{y_j}` by log-domain Sinkhorn (Peyré & Cuturi 2019,
@@ -176,38 +185,43 @@ def entropic_ot(
     :math:`f_i \leftarrow -\varepsilon\,\mathrm{LSE}_j(\log b_j + (g_j - C_{ij})/\varepsilon)`
     and the same update of ``g``. :math:`\varepsilon` is first annealed from
     :math:`\max C` by factors ``scaling`` (Feydy et al. 2019, Sec. 3.3; ``scaling=0`` skips
-    it), then iterations at ``epsilon`` run until the row marginals of ``P`` are within ``tol``
-    (mean relative error) or ``max_iter`` is reached. The potentials are computed without
-    autograd; ``value`` carries the envelope gradient
+    it); then iterations at ``epsilon``, over-relaxed as
+    :math:`f \leftarrow (1 - \omega) f + \omega\,\mathrm{update}(g)` with
+    :math:`\omega` = ``relaxation`` in (0, 2) (Thibault et al. 2021; 1 is plain Sinkhorn,
+    about 1.8 needs ~10x fewer iterations here), run until the row marginals of ``P`` are
+    within ``tol`` (mean relative error) or ``max_iter`` is reached. The potentials are
+    computed without autograd; ``value`` carries the envelope gradient
     :math:`\partial\,\mathrm{OT}_\varepsilon / \partial C = P` through ``C(x, y)``.
     """
-    if epsilon <= 0 or not 0 <= scaling < 1:
-        raise ValueError(f"need epsilon > 0 and 0 <= scaling < 1, got {epsilon}, {scaling}")
+    if epsilon <= 0 or not 0 <= scaling < 1 or not 0 < relaxation < 2:
+        raise ValueError(f"need epsilon > 0, 0 <= scaling < 1 and 0 < relaxation < 2; got "
+                         f"{epsilon}, {scaling}, {relaxation}")
     n, m = len(x), len(y)
     cost = sqeuclidean(x, y)
     c = cost.detach()
     log_a, log_b = -math.log(n), -math.log(m)
-    buf, buf_t = torch.empty_like(c), torch.empty_like(c.T)
+    c_t = c.T.contiguous()
+    buf, buf_t = torch.empty_like(c), torch.empty_like(c_t)
     f, g = torch.zeros(n, 1, dtype=c.dtype), torch.zeros(1, m, dtype=c.dtype)
     eps = max(float(c.max()), epsilon) if scaling > 0 else epsilon
-    while True:
-        K, K_t = c / -eps, c.T / -eps
-        f = -eps * _softmin(K, g / eps + log_b, buf)
-        g = -eps * _softmin(K_t, f.T / eps + log_a, buf_t).T
+    while True:  # annealing; its last pass is at epsilon
+        f = -eps * _softmin(c, g / eps + log_b, eps, buf)
+        g = -eps * _softmin(c_t, f.T / eps + log_a, eps, buf_t).T
         if eps <= epsilon:
             break
         eps = max(eps * scaling, epsilon)
     converged, it = False, 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
-        f_next = -epsilon * _softmin(K, g / epsilon + log_b, buf)
+        f_next = -epsilon * _softmin(c, g / epsilon + log_b, epsilon, buf)
         # the row marginals of P(f, g) are a_i exp((f_i - f_next_i) / eps)
         err = torch.expm1((f - f_next) / epsilon).abs().mean()
-        f = f_next
         if err < tol:
-            converged = True
+            f, converged = f_next, True
             break
-        g = -epsilon * _softmin(K_t, f.T / epsilon + log_a, buf_t).T
-    plan = ((f + g - c) / epsilon + (log_a + log_b)).exp()
+        f = torch.lerp(f, f_next, relaxation)
+        g_next = -epsilon * _softmin(c_t, f.T / epsilon + log_a, epsilon, buf_t).T
+        g = torch.lerp(g, g_next, relaxation)
+    plan = _exp_plan((f + g - c) / epsilon + (log_a + log_b))
     dual = f.mean() + g.mean()
     transport = (plan * c).sum()
     value = (plan * cost).sum() + (dual - transport)  # equals the dual, gradient P dC
@@ -235,14 +249,14 @@ def entropic_ot_self(x: Tensor, epsilon: float, max_iter: int = 200, tol: float 
     cost = sqeuclidean(x, x)
     c = cost.detach()
     log_a = -math.log(n)
-    K, buf = c / -epsilon, torch.empty_like(c)
+    buf = torch.empty_like(c)
     f = torch.zeros(n, 1, dtype=c.dtype)
     for _ in range(max_iter):
-        step = 0.5 * (-epsilon * _softmin(K, f.T / epsilon + log_a, buf) - f)
+        step = 0.5 * (-epsilon * _softmin(c, f.T / epsilon + log_a, epsilon, buf) - f)
         f = f + step
         if step.abs().max() < tol * epsilon:
             break
-    plan = ((f + f.T - c) / epsilon + 2 * log_a).exp()
+    plan = _exp_plan((f + f.T - c) / epsilon + 2 * log_a)
     dual = 2.0 * f.mean()
     return (plan * cost).sum() + (dual - (plan * c).sum())
 

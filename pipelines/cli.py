@@ -6,6 +6,8 @@ imported inside the commands, so ``gmg --help`` and the stage commands stay fast
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,7 +51,11 @@ def _last_line(text: str | None, limit: int = 120) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def run_command(root: RootOpt = Path("."), retries: int = 0, debug: DebugOpt = False) -> None:
+def run_command(
+    root: RootOpt = Path("."),
+    retries: Annotated[int, typer.Option(help="Extra attempts per failing stage.")] = 0,
+    debug: DebugOpt = False,
+) -> None:
     """Run the pipeline flow: one Prefect task per DVC stage (`dvc repro --single-item`)."""
     _telemetry_off()
     from rich.console import Console
@@ -112,6 +118,7 @@ def sweep_command(
 
     from pipelines.sweep import dask_task_runner, sweep
 
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # cluster chatter
     runner = dask_task_runner(workers=workers, address=address, processes=processes)
     try:
         outcomes = sweep.with_options(task_runner=runner)(
@@ -194,6 +201,10 @@ def results_command(
     all_params: Annotated[
         bool, typer.Option("--all-params", help="Print every param, not only varying ones.")
     ] = False,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(help="Print only metrics matching this pattern, e.g. 'dci.*' (repeatable)."),
+    ] = None,
     root: RootOpt = Path("."),
     debug: DebugOpt = False,
 ) -> None:
@@ -209,17 +220,23 @@ def results_command(
         if debug:
             raise
         _fail(f"{type(err).__name__}: {err}", 1)
-    _print_results(df, df.attrs["params"] if all_params else varying_params(df))
+    metrics = [m for m in df.attrs["metrics"]
+               if not metric or any(fnmatch.fnmatchcase(m, p) for p in metric)]
+    _print_results(df, df.attrs["params"] if all_params else varying_params(df), metrics)
     if output is not None:
         typer.echo(f"{len(df)} experiments written to {output}")
 
 
-def _print_results(df: Any, params: list[str]) -> None:
+def _print_results(df: Any, params: list[str], metrics: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    columns = ["experiment", *params, *df.attrs["metrics"]]
-    table = Table(*columns, title=f"{len(df)} experiments")
+    columns = ["experiment", *params, *metrics]
+    table = Table(title=f"{len(df)} experiments")
+    width = max([len("experiment"), *(len(str(n)) for n in df["experiment"])])
+    table.add_column("experiment", no_wrap=True, min_width=width)
+    for column in columns[1:]:
+        table.add_column(column)
     for _, row in df[columns].iterrows():
         table.add_row(*(_cell(v) for v in row))
     Console().print(table)

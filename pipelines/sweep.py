@@ -32,7 +32,7 @@ from pipelines.workspace import (
     run_experiment_in_clone,
 )
 
-__all__ = ["ExperimentOutcome", "dask_task_runner", "run_experiment", "sweep"]
+__all__ = ["ExperimentFailed", "ExperimentOutcome", "dask_task_runner", "run_experiment", "sweep"]
 
 
 @dataclass

@@ -64,6 +64,9 @@ def prepare_baseline(
     ``git_remote`` (a remote name of ``root`` or a URL) selects remote mode; the workspace must
     then be clean, since workers only see what was pushed.
     """
+    top = git("rev-parse", "--show-toplevel", cwd=root, check=False)
+    if not top or Path(top).resolve() != root.resolve():
+        raise ValueError(f"{root}: sweeps need the DVC project at the top of a git repository")
     rev = git("rev-parse", "--verify", "HEAD^{commit}", cwd=root, check=False)
     if not rev:
         raise ValueError(f"{root}: the repository needs at least one commit to run experiments")

@@ -193,4 +193,4 @@ def run(
     write_json(Path(metrics_out), scores)
     with atomic_path(Path(importance_out)) as tmp:
         _importance_frame(dci_result, factor_names).to_parquet(tmp)
-    return scores
+    return dict(sorted(scores.items()))

@@ -135,7 +135,8 @@ def run(
 ) -> dict[str, float]:
     """Train on the store at ``data``; write ``out``, ``log``, ``metrics``; return the metrics."""
     store = open_store(data)
-    key = config_hash(cfg, str(store.manifest.get("content_hash", "")))
+    data_hash = str(store.manifest.get("content_hash", ""))
+    key = config_hash(cfg, data_hash)
     ckpt_dir = Path(checkpoints) / key
     ckpt_file = ckpt_dir / "checkpoint.pt"
     model_config = {**cfg.model.model_dump(), "observation_shape": list(store.observation_shape)}
@@ -145,7 +146,8 @@ def run(
         resume = torch.load(ckpt_file, map_location="cpu", weights_only=True)
         logger.info("%s: resuming from step %d", ckpt_file, resume["step"])
     else:
-        write_json(ckpt_dir / "config.json", {"train": cfg.model_dump(mode="json"), "data": key})
+        record = {"train": cfg.model_dump(mode="json"), "data_content_hash": data_hash}
+        write_json(ckpt_dir / "config.json", record)
 
     def save_checkpoint(state: dict[str, Any]) -> None:
         with atomic_path(ckpt_file) as tmp:

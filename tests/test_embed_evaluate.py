@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -87,7 +86,7 @@ def test_embed_rejects_more_samples_than_images(files, tmp_path) -> None:
         embed.run(embed.EmbedConfig(num_samples=61), files["data"], files["model"], tmp_path / "x")
 
 
-SMALL = dict(num_train=200, num_test=100, dci_backend="exact")
+SMALL = dict(num_train=100, num_test=50, dci_backend="exact")
 
 
 def test_evaluate_writes_flat_metrics_and_importance(files, tmp_path) -> None:
@@ -165,12 +164,30 @@ def test_read_embeddings_names_missing_factor(files) -> None:
         evaluate.read_embeddings(files["emb"], ("hue",))
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("gmgcore.data") is None, reason="gmgcore.data not available"
-)
-def test_ground_truth_rebuilds_from_manifest() -> None:
+def test_sampling_scores_rebuild_the_ground_truth_from_the_manifest(files, tmp_path) -> None:
+    # A store of real procedural dSprites images: FactorVAE must rebuild the data set from the
+    # manifest (dataset + options), render fresh images and encode them with the model.
     from gmgcore.data import get_dataset
 
-    reference = get_dataset("dsprites_procedural")
-    rebuilt = evaluate.ground_truth({"dataset": "dsprites_procedural", "options": {}})
-    assert tuple(rebuilt.factor_sizes) == tuple(reference.factor_sizes)
+    dsprites = get_dataset("dsprites_procedural")
+    classes = dsprites.sample_factors(40, np.random.default_rng(0))
+    write_store(
+        tmp_path / "ds", dsprites.images(classes), classes, dsprites.factor_names,
+        dsprites.factor_sizes, "dsprites_procedural", dsprites.options,
+    )  # fmt: skip
+    embed.run(embed.EmbedConfig(), tmp_path / "ds", files["model"], tmp_path / "e.parquet")
+    cfg = evaluate.EvaluateConfig(
+        metrics=["factor_vae"],
+        sampling_batch_size=4,
+        sampling_num_train=30,
+        sampling_num_eval=10,
+        factor_vae_num_variance=100,
+        factor_vae_prune_threshold=0.0,
+    )
+    with pytest.warns(gm.ConstantFactorWarning, match="factor 0"):
+        scores = evaluate.run(
+            cfg, tmp_path / "e.parquet", tmp_path / "ds", files["model"],
+            tmp_path / "m.json", tmp_path / "i.parquet",
+        )  # fmt: skip
+    assert scores["factor_vae.num_active_dims"] == 4.0
+    assert 0.0 < scores["factor_vae.train_accuracy"] <= 1.0

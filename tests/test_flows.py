@@ -237,6 +237,16 @@ def test_pipeline_flow_stops_at_a_failing_stage(prefect_isolated, tiny_project):
     assert not (repo / "data" / "embedded.json").exists()
 
 
+def test_serve_refuses_to_run_without_a_prefect_server(tmp_path: Path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines.schedule import NoServerError, serve_pipeline
+
+    with (temporary_settings(restore_defaults={PREFECT_API_URL}),
+          pytest.raises(NoServerError, match="prefect server start")):
+        serve_pipeline(tmp_path, "0 3 * * *")
+
+
 # --- sweep flow ----------------------------------------------------------------------------
 
 

@@ -131,14 +131,21 @@ def test_unknown_backend_is_rejected() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lightgbm") is None, reason="lightgbm not installed")
-def test_lightgbm_backend_agrees_with_exact() -> None:
+def test_lightgbm_backend_is_close_to_exact_and_keeps_the_oracles() -> None:
+    # The measured deviation at 10,000 samples is documented in docs/metrics.md; on this small
+    # noisy problem the two tree learners differ more, so the bound here is loose.
     rng = np.random.default_rng(5)
-    y_tr, y_te = _factors(1500, SIZES, 0), _factors(500, SIZES, 1)
+    y_tr, y_te = _factors(600, SIZES, 0), _factors(200, SIZES, 1)
     mix = np.eye(3, 5) + 0.2 * rng.normal(size=(3, 5))
-    z_tr = y_tr @ mix + 0.5 * rng.normal(size=(1500, 5))
-    z_te = y_te @ mix + 0.5 * rng.normal(size=(500, 5))
+    z_tr = y_tr @ mix + 0.5 * rng.normal(size=(600, 5))
+    z_te = y_te @ mix + 0.5 * rng.normal(size=(200, 5))
+    z_tr[:, 4], z_te[:, 4] = 0.0, 0.0
     exact = dci(z_tr, y_tr, z_te, y_te, backend="exact")
-    fast = dci(z_tr, y_tr, z_te, y_te, backend="lightgbm")
-    assert fast["disentanglement"] == pytest.approx(exact["disentanglement"], abs=0.03)
-    assert fast["completeness"] == pytest.approx(exact["completeness"], abs=0.03)
+    fast = dci(z_tr, y_tr, z_te, y_te, backend="lightgbm", n_jobs=2)
+    for key in exact:
+        assert fast[key] == pytest.approx(exact[key], abs=0.1)
     np.testing.assert_allclose(fast.importance.sum(axis=0), 1.0)
+    assert not fast.importance[4].any()
+    ident = dci(y_tr.astype(float), y_tr, y_te.astype(float), y_te, backend="lightgbm")
+    assert ident["disentanglement"] > 0.9 and ident["completeness"] > 0.9
+    assert ident["informativeness_test"] == 1.0

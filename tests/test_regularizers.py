@@ -50,7 +50,7 @@ def test_dst_of_an_isometry_is_zero() -> None:
     res = gap_penalty("dst", x, x @ q.T + 1.0, "sqeuclidean", "sqeuclidean", 0.1)
     assert res.value.item() == pytest.approx(0.0, abs=1e-5)
     res = gap_penalty("gmg", x, x @ q.T, "cosine", "cosine", 0.1, {"max_iter": 5})
-    assert {"gmg", "dst", "gw", "epsilon", "solver_iterations", "solver_converged"} == set(
+    assert {"gmg", "dst", "gw", "gw_epsilon", "solver_iterations", "solver_converged"} == set(
         res.terms
     )
     assert res.terms["dst"].item() == pytest.approx(0.0, abs=1e-5)

@@ -5,7 +5,8 @@ Deliberate differences from disentanglement_lib:
 
 - the vote goes to the code that has the smallest normalized variance *among the active codes*
   (disentanglement_lib takes ``argmin`` over the pruned vector and uses it as an index into the
-  full code vector, so when any code is pruned the votes land on the wrong codes);
+  full code vector, so when any code is pruned the votes land on the wrong codes; the
+  relabelling is consistent, so the accuracies are the same, but the vote matrix is not);
 - ``num_active_dims`` counts the active codes (disentanglement_lib reports the total number of
   codes);
 - a code with zero global variance is never active, whatever the threshold (with threshold 0,

@@ -1,0 +1,175 @@
+"""Entropic GW solver: POT agreement, closed forms, marginals, robustness, backends."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from gmgcore import costs, gromov
+
+F64 = torch.float64
+
+
+def _clouds(n: int, m: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared-distance matrices of two unrelated clouds (2-D and 3-D), scaled to mean 1."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(n, 2, generator=g, dtype=F64)
+    b = torch.randn(m, 3, generator=g, dtype=F64)
+    return costs.pairwise_cost(a, "scaled_sqeuclidean"), costs.pairwise_cost(b, "scaled_sqeuclidean")
+
+
+def _pot(C_x: torch.Tensor, C_y: torch.Tensor, eps: float, init: torch.Tensor | None) -> tuple:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        T, log = ot.gromov.entropic_gromov_wasserstein(
+            C_x.numpy(), C_y.numpy(), loss_fun="square_loss", epsilon=eps,
+            G0=None if init is None else init.numpy(), tol=1e-8, max_iter=20000,
+            stopThr=1e-9, numItermax=20000, log=True,
+        )
+    return torch.from_numpy(T), float(log["gw_dist"])
+
+
+def _blend(n: int, m: int, weight: float) -> torch.Tensor:
+    P = torch.full((n, m), 1.0 / (n * m), dtype=F64)
+    k = min(n, m)
+    P[:k, :k] += weight * (torch.eye(k, dtype=F64) / n - 1.0 / (n * m))
+    return P / P.sum(1, keepdim=True) / n  # rows exact; columns exact when n == m
+
+
+@pytest.mark.parametrize(("n", "m", "eps", "init"), [
+    (20, 20, 1.0, None), (20, 20, 0.5, 0.5), (16, 24, 0.5, None),
+])
+def test_matches_pot(n: int, m: int, eps: float, init: float | None) -> None:
+    C_x, C_y = _clouds(n, m)
+    P0 = None if init is None else _blend(n, m, init)
+    T, gw_dist = _pot(C_x, C_y, eps, P0)
+    res = gromov.solve(C_x, C_y, eps, P0, tol=1e-10, max_iter=20000, max_inner=20000)
+    assert bool(res.converged)
+    assert float((res.coupling - T).abs().sum()) <= 1e-4
+    assert abs(float(res.cost) - gw_dist) <= 1e-4 * abs(gw_dist)
+
+
+def test_costs_against_the_explicit_four_index_sum() -> None:
+    C_x, C_y = _clouds(7, 5, seed=1)
+    res = gromov.solve(C_x, C_y, 0.3, tol=1e-10)
+    P = res.coupling
+    L = (C_x[:, None, :, None] - C_y[None, :, None, :]) ** 2  # [i, j, k, l]
+    quad = torch.einsum("ijkl,ij,kl->", L, P, P)
+    kl = (P * torch.log(P * 35)).sum()
+    torch.testing.assert_close(res.cost, quad)
+    torch.testing.assert_close(res.entropic_cost, quad + 0.3 * kl)
+
+
+def test_isometric_permuted_copy_gives_zero_and_the_permutation() -> None:
+    n = 24
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, generator=g, dtype=F64)
+    Q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))
+    perm = torch.randperm(n, generator=g)
+    C_x = costs.pairwise_cost(x, "sqeuclidean")
+    C_y = costs.pairwise_cost((x @ Q + 1.0)[perm], "sqeuclidean")
+    eps = 2 * 0.01 * float(C_x.mean() * C_y.mean())  # ε0 = 0.01 in the gap's convention
+    res = gromov.solve(C_x, C_y, eps, tol=1e-8, max_iter=2000)
+    assert bool(res.converged)
+    # entropic bias: Q(P) + eps KL(P) <= the objective at the permutation = eps log n
+    assert 0 <= float(res.cost) <= eps * math.log(n)
+    assert torch.equal(res.coupling.argmax(1), torch.argsort(perm))
+    assert float(res.coupling.max(1).values.min()) > 0.5 / n  # a sharp, permutation-like plan
+
+
+@pytest.mark.parametrize("max_iter", [1, 3, 500])
+def test_coupling_marginals_are_exact_even_without_convergence(max_iter: int) -> None:
+    C_x, C_y = _clouds(12, 9, seed=2)
+    res = gromov.solve(C_x, C_y, 0.05, tol=1e-9, max_iter=max_iter, inner_iterations=2,
+                       max_inner=2)
+    P = res.coupling
+    assert (P >= 0).all()
+    torch.testing.assert_close(P.sum(1), torch.full((12,), 1 / 12, dtype=F64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(P.sum(0), torch.full((9,), 1 / 9, dtype=F64), rtol=0, atol=1e-15)
+    if max_iter == 1:
+        assert not bool(res.converged) and res.iterations == 1
+
+
+def test_batched_solve_equals_separate_solves() -> None:
+    pairs = [_clouds(10, 10, seed=s) for s in range(3)]
+    C_x = torch.stack([p[0] for p in pairs])
+    C_y = torch.stack([p[1] for p in pairs])
+    eps = torch.tensor([0.3, 0.2, 0.1], dtype=F64)
+    batch = gromov.solve(C_x, C_y, eps, tol=1e-11, max_iter=5000)
+    assert batch.coupling.shape == (3, 10, 10) and batch.converged.all()
+    for b in range(3):
+        one = gromov.solve(C_x[b], C_y[b], float(eps[b]), tol=1e-11, max_iter=5000)
+        torch.testing.assert_close(batch.coupling[b], one.coupling, rtol=0, atol=1e-9)
+        torch.testing.assert_close(batch.cost[b], one.cost, rtol=1e-8, atol=0)
+
+
+def test_swapping_the_spaces_transposes_the_coupling() -> None:
+    C_x, C_y = _clouds(11, 8, seed=3)
+    a = gromov.solve(C_x, C_y, 0.2, tol=1e-11, max_iter=5000)
+    b = gromov.solve(C_y, C_x, 0.2, tol=1e-11, max_iter=5000)
+    torch.testing.assert_close(a.coupling, b.coupling.T, rtol=0, atol=1e-9)
+
+
+def test_backends_and_low_rank_factors_agree() -> None:
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(30, 2, generator=g, dtype=F64)
+    y = torch.rand(30, 5, generator=g, dtype=F64)
+    C_x = costs.pairwise_cost(z, "scaled_sqeuclidean")
+    C_y = costs.pairwise_cost(y, "cosine")
+    ref = gromov.solve(C_x, C_y, 0.1, tol=1e-10, max_iter=5000, backend="numpy")
+    for kwargs in (
+        {"backend": "torch"},
+        {"factors_x": costs.pairwise_cost_factors(z, "scaled_sqeuclidean")},
+        {"factors_x": costs.pairwise_cost_factors(z, "scaled_sqeuclidean"),
+         "factors_y": costs.pairwise_cost_factors(y, "cosine")},
+    ):
+        res = gromov.solve(C_x, C_y, 0.1, tol=1e-10, max_iter=5000, **kwargs)
+        torch.testing.assert_close(res.coupling, ref.coupling, rtol=0, atol=1e-8)
+
+
+def test_fp32_small_epsilon_stays_finite_where_pot_fails() -> None:
+    """ε0 = 1e-3 in fp32: POT's scaling-domain Sinkhorn underflows (its coupling loses its mass);
+    the log-stabilised solver returns a valid coupling and reports non-convergence honestly."""
+    g = torch.Generator().manual_seed(5)
+    C_x = costs.pairwise_cost(torch.randn(64, 10, generator=g), "sqeuclidean")
+    C_y = costs.pairwise_cost(torch.rand(64, 300, generator=g), "sqeuclidean")
+    eps = 2e-3 * float(C_x.mean() * C_y.mean())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        T = ot.gromov.entropic_gromov_wasserstein(C_x.numpy(), C_y.numpy(), epsilon=eps,
+                                                  max_iter=5, numItermax=50)
+    assert not (np.isfinite(T).all() and abs(T.sum() - 1) < 1e-3)  # the hazard is real here
+    res = gromov.solve(C_x, C_y, eps, max_iter=10, inner_iterations=10, max_inner=50)
+    assert res.coupling.dtype == torch.float32
+    assert torch.isfinite(res.coupling).all() and torch.isfinite(res.cost)
+    torch.testing.assert_close(res.coupling.sum(1), torch.full((64,), 1 / 64), rtol=1e-5, atol=0)
+    assert isinstance(res.converged, torch.Tensor) and res.converged.dtype == torch.bool
+
+
+def test_invalid_inputs_raise() -> None:
+    C_x, C_y = _clouds(5, 5)
+    bad = C_x.clone()
+    bad[0, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        gromov.solve(bad, C_y, 0.1)
+    with pytest.raises(ValueError, match="epsilon"):
+        gromov.solve(C_x, C_y, 0.0)
+    with pytest.raises(ValueError, match="init"):
+        gromov.solve(C_x, C_y, 0.1, init=torch.eye(5, dtype=F64))
+    with pytest.raises(ValueError, match="square"):
+        gromov.solve(C_x[:, :4], C_y, 0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    C_x, C_y = _clouds(32, 32)
+    cpu = gromov.solve(C_x, C_y, 0.1, tol=1e-10, max_iter=5000)
+    for dtype, atol in ((F64, 1e-8), (torch.float32, 1e-3)):
+        gpu = gromov.solve(C_x.to("cuda", dtype), C_y.to("cuda", dtype), 0.1, tol=1e-10,
+                           max_iter=5000)
+        torch.testing.assert_close(gpu.coupling.cpu().double(), cpu.coupling, rtol=0, atol=atol)
