@@ -1,4 +1,4 @@
-r"""Pairwise cost matrices :math:`C_{ij} = c(x_i, x_j)` for a mini-batch, ``x: [n, ...]`` → ``[n, n]``.
+r"""Pairwise cost matrices :math:`C_{ij} = c(x_i, x_j)` of a mini-batch ``x: [n, ...]``, ``[n, n]``.
 
 Each sample is flattened to a row (``[n, d]``, e.g. ``d = 64·64·3 = 12288`` for colour images).
 The four costs of the GMG paper (Uscidda et al., ICLR 2025, §4: L2², ScL2², Cos; plus the plain
@@ -50,7 +50,7 @@ def _symmetric(C: Tensor) -> Tensor:
 
 
 def sqeuclidean(x: Tensor) -> Tensor:
-    """:math:`C_{ij} = \\|x_i - x_j\\|^2`; ``x: [n, ...]`` → ``[n, n]``, computed on centred rows."""
+    """:math:`C_{ij} = \\|x_i - x_j\\|^2` on centred rows; ``x: [n, ...]`` → ``[n, n]``."""
     xc = _centered(_rows(x))
     sq = (xc * xc).sum(1)
     C = _symmetric(sq[:, None] + sq[None, :] - 2.0 * (xc @ xc.T)).clamp(min=0)
@@ -63,7 +63,7 @@ def _mean_scale(C: Tensor) -> Tensor:
 
 
 def scaled_sqeuclidean(x: Tensor) -> Tensor:
-    """:math:`C_{ij} = \\|x_i - x_j\\|^2 / \\mathrm{mean}_{kl} \\|x_k - x_l\\|^2` (``[n, n]``, mean 1)."""
+    """:math:`C_{ij} = \\|x_i - x_j\\|^2 / \\mathrm{mean}_{kl} \\|x_k - x_l\\|^2`, ``[n, n]``."""
     C = sqeuclidean(x)
     return C / _mean_scale(C)
 

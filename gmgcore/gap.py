@@ -25,8 +25,9 @@ couplings of the uniform weights: the entropic GW coupling found by
   ``gw_entropic`` = :math:`E(\bar P)` is reported for logging.
 * **Sign.** GMG ≥ 0 for the exact (unregularised, global) GW. The estimate is not: the entropic
   coupling is blurred and only a local optimum, so :math:`\tfrac12 Q(\bar P)` can exceed DST. The
-  choice of :math:`\bar P` guarantees :math:`E(\bar P) \le E(I/n) = \mathrm{DST} + \varepsilon \log n`,
-  hence :math:`-\varepsilon \log n \le \mathrm{GMG} \le \mathrm{DST}`; for an isometry,
+  choice of :math:`\bar P` guarantees
+  :math:`E(\bar P) \le E(I/n) = \mathrm{DST} + \varepsilon \log n`, hence
+  :math:`-\varepsilon \log n \le \mathrm{GMG} \le \mathrm{DST}`; for an isometry,
   :math:`\mathrm{GMG} \in [-\varepsilon \log n, 0]`.
 * **Gradient.** Envelope theorem: :math:`\bar P` is detached and the closed form is
   differentiated, never the solver. The gradient of ``value`` is the exact gradient of
@@ -79,7 +80,7 @@ class GapResult:
 
 
 def distortion_from_costs(C_x: Tensor, C_y: Tensor) -> Tensor:
-    """:math:`\\frac{1}{n^2}\\sum_{ij} \\tfrac12 (C^x_{ij} - C^y_{ij})^2`; ``[.., n, n]`` → ``[..]``."""
+    """DST :math:`\\frac{1}{n^2}\\sum_{ij} \\tfrac12 (C^x_{ij} - C^y_{ij})^2`; ``[.., n, n]``."""
     return 0.5 * (C_x - C_y).square().mean((-1, -2))
 
 
@@ -94,7 +95,7 @@ def distortion(
 
 
 def gap_epsilon(C_x: Tensor, C_y: Tensor, epsilon0: float) -> Tensor:
-    """:math:`\\varepsilon_0\\,\\mathrm{mean}|C^x|\\,\\mathrm{mean}|C^y|` (½ convention), detached."""
+    """:math:`\\varepsilon_0\\,\\mathrm{mean}|C^x|\\,\\mathrm{mean}|C^y|` (½ convention)."""
     stat = C_x.detach().abs().mean((-1, -2)) * C_y.detach().abs().mean((-1, -2))
     return epsilon0 * stat
 

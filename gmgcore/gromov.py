@@ -47,7 +47,7 @@ from torch import Tensor
 Factors = tuple[Tensor, Tensor]
 
 _SCALE_LIMIT = 1e15  # fold the Sinkhorn scaling into the potential beyond this range
-_NEWTON_AFTER = 100  # Newton once Sinkhorn would need more iterations than this
+_NEWTON_AFTER = 2.0  # Newton once Sinkhorn would need more than this × max(m, 64) iterations
 
 
 @dataclass(frozen=True)
@@ -112,29 +112,20 @@ def _as_epsilon(epsilon: float | Tensor, batch: int, like: Tensor) -> Tensor:
     return eps.expand(batch).reshape(batch, 1, 1)
 
 
-def _left(C: Tensor, F: Factors | None, X: Tensor) -> Tensor:
-    """``C @ X`` with ``C = A Bᵀ`` used when factors are given (``[B, n, r]`` each)."""
-    if F is None:
-        return C @ X
-    return F[0] @ (F[1].swapaxes(-1, -2) @ X)
-
-
-def _right(X: Tensor, C: Tensor, F: Factors | None) -> Tensor:
-    """``X @ Cᵀ`` with ``C = A Bᵀ`` used when factors are given."""
-    if F is None:
-        return X @ C.swapaxes(-1, -2)
-    return (X @ F[1]) @ F[0].swapaxes(-1, -2)
-
-
 def linearization(C_x: Tensor, C_y: Tensor, P: Tensor,
                   factors_x: Factors | None = None, factors_y: Factors | None = None) -> Tensor:
     """:math:`C^x P C^{y\\top}`, ``[B, n, m]``: the coupling-dependent part of
     :math:`\\mathcal L \\otimes P = C^{x2} p 1^\\top + 1 q^\\top C^{y2\\top} - 2 C^x P C^{y\\top}`
-    (Peyré, Cuturi & Solomon 2016, Prop. 1). Factors ``(A, B)`` with ``C = A Bᵀ`` (rank r) make
-    it O(r n²) instead of O(n³)."""
-    if factors_x is not None and factors_y is None:
-        return _left(C_x, factors_x, _right(P, C_y, None))
-    return _right(_left(C_x, factors_x, P), C_y, factors_y)
+    (Peyré, Cuturi & Solomon 2016, Prop. 1). Factors ``(A, B)`` with ``C = A Bᵀ`` (``[.., n, r]``)
+    replace the O(n³) products by O(r n²) ones: ``A_x ((B_xᵀ P) C_yᵀ)`` and its mirror image."""
+    if factors_x is not None:
+        A, B = factors_x
+        if factors_y is not None:
+            return A @ (((B.swapaxes(-1, -2) @ P) @ factors_y[1]) @ factors_y[0].swapaxes(-1, -2))
+        return A @ ((B.swapaxes(-1, -2) @ P) @ C_y.swapaxes(-1, -2))
+    if factors_y is not None:
+        return (C_x @ (P @ factors_y[1])) @ factors_y[0].swapaxes(-1, -2)
+    return (C_x @ P) @ C_y.swapaxes(-1, -2)
 
 
 def quadratic_cost(C_x: Tensor, C_y: Tensor, P: Tensor, G: Tensor | None = None) -> Tensor:
@@ -222,8 +213,9 @@ def _inner_solve(
     p: float, q: float, xp: ModuleType,
 ) -> tuple[Array, Array, Array, Array, Array, int, bool]:
     """Sinkhorn on the kernel of ``S + g`` until the L1 marginal error is ≤ ``target`` or
-    ``max_inner`` iterations; switches to Newton steps when Sinkhorn would need more than
-    ``_NEWTON_AFTER`` further iterations. Returns ``K, u, v, g, err, iterations, finite``."""
+    ``max_inner`` iterations; switches to Newton steps (each costs about m Sinkhorn iterations)
+    when the observed Sinkhorn rate predicts more than ``_NEWTON_AFTER · max(m, 64)`` more.
+    Returns ``K, u, v, g, err, iterations, finite``."""
     K = _kernel(S, g, floor, xp)
     u, v = xp.ones_like(S[..., :1]), xp.ones_like(g).swapaxes(-1, -2)
     done, previous, newton = 0, math.inf, False
@@ -246,7 +238,7 @@ def _inner_solve(
             K, v, newton = _kernel(S, g, floor, xp), xp.ones_like(v), False
         elif not newton and 0 < worst < previous < math.inf:
             rate = math.log(worst / previous) / count
-            newton = math.log(target / worst) / rate > _NEWTON_AFTER
+            newton = math.log(target / worst) / rate > _NEWTON_AFTER * max(v.shape[-2], 64)
         previous = worst
     return K, u, v, g, err, done, True
 
@@ -282,6 +274,10 @@ def _pgd(
         if max(float(xp.amax(change)), float(xp.amax(err))) <= tol:
             break
     return P, err, change, outer, inner_total
+
+
+def _to(factors: Factors | None, like: Tensor) -> Factors | None:
+    return None if factors is None else (factors[0].to(like), factors[1].to(like))
 
 
 def _use_numpy(device: torch.device, backend: str) -> bool:
@@ -353,7 +349,7 @@ def solve(
     P, err, change = (torch.as_tensor(a, device=C_x.device) for a in (P, err, change))
     converged = (change <= tol) & (err <= tol)
     P = round_to_coupling(P, n, m)
-    G = linearization(C_x, C_y, P)
+    G = linearization(C_x, C_y, P, _to(factors_x, C_x), _to(factors_y, C_x))
     cost = quadratic_cost(C_x, C_y, P, G)
     kl = torch.xlogy(P, P).sum((-1, -2)) + math.log(n * m)
     entropic = cost + eps.reshape(-1) * kl

@@ -49,7 +49,7 @@ class ToyConfig(StageConfig):
     ring_inner: float = 0.7
     ring_outer: float = 1.0
     hidden: int = 64  # MLP width
-    depth: int = 2  # hidden layers
+    depth: int = 3  # hidden layers
     steps: int = 600
     batch_size: int = 256  # source points per step for the fitting loss
     target_size: int = 512  # fixed training sample of the target

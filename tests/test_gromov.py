@@ -20,7 +20,8 @@ def _clouds(n: int, m: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     a = torch.rand(n, 2, generator=g, dtype=F64)
     b = torch.randn(m, 3, generator=g, dtype=F64)
-    return costs.pairwise_cost(a, "scaled_sqeuclidean"), costs.pairwise_cost(b, "scaled_sqeuclidean")
+    scaled = "scaled_sqeuclidean"
+    return costs.pairwise_cost(a, scaled), costs.pairwise_cost(b, scaled)
 
 
 def _pot(C_x: torch.Tensor, C_y: torch.Tensor, eps: float, init: torch.Tensor | None) -> tuple:

@@ -203,3 +203,23 @@ def test_stage_rejects_inconsistent_config(tmp_path):
     with pytest.raises(ValueError, match="reg_batch_size"):
         stage.run(stage.ToyConfig(**{**TINY, "reg_batch_size": 64}), tmp_path / "toy")
     assert not (tmp_path / "toy").exists()
+
+
+def test_cli_command_runs_the_stage(tmp_path):
+    stage = pytest.importorskip("stages.toy", reason="needs gmgcore.gap")
+    typer = pytest.importorskip("typer")
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    stage.register(app)
+    params = tmp_path / "params.yaml"
+    params.write_text("toy:\n" + "".join(f"  {k}: {v}\n" for k, v in TINY.items()))
+    out = tmp_path / "out"
+    runner = CliRunner()
+    result = runner.invoke(app, ["--out", str(out), "--params", str(params),
+                                 "--set", "toy.steps=2"])
+    assert result.exit_code == 0, result.output
+    assert (out / "toy.png").is_file() and (out / "metrics.json").is_file()
+    bad = runner.invoke(app, ["--out", str(out), "--params", str(params),
+                              "--set", "toy.stpes=2"])
+    assert bad.exit_code == 2 and "toy.stpes" in bad.output

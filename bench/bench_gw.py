@@ -1,0 +1,212 @@
+"""Benchmark: ``gmgcore.gromov.solve`` against POT, and GMG against a β-VAE training step.
+
+Part 1, in one process on the same matrices, init (product) and tolerance: this solver vs
+``ot.gromov.entropic_gromov_wasserstein`` (numpy, fp64) for n ∈ {64, 128, 256, 512} and
+ε0 ∈ {0.1, 0.01}, and vs POT's autograd path (``entropic_gromov_wasserstein2`` on torch tensors,
+backward unrolled through every iteration) against solve + envelope backward. The matrices are
+the decoder setting of the GMG paper: ``C_x`` on latents z ~ N(0, I_10), ``C_y`` on the decoded
+64×64×3 images of a randomly initialised disentanglement_lib decoder (``gmgcore.models``), both
+``scaled_sqeuclidean``; POT's ε is ``2 · ε0 · mean(C_x) · mean(C_y)`` (the gap's convention).
+Tolerance ``tol`` means L1 coupling change and L1 marginal error for this solver, and
+``tol / n`` (Frobenius change) and ``tol / sqrt(n)`` (L2 marginal error) for POT, the same
+accuracy in POT's norms. Both are compared with a reference (this solver, fp64, tol 1e-9).
+
+Part 2: one β-VAE training step at batch 64 (dlib_conv encoder/decoder, Bernoulli + KL, Adam)
+with and without λ·GMG on the decoder (z → sigmoid(logits), default fixed budget), steps
+interleaved, medians; and GMG forward + backward alone.
+
+Usage: ``.venv/bin/python bench/bench_gw.py [--quick] [--threads N] [--repeats R]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import ot
+import torch
+
+from gmgcore import costs, gap, gromov
+from gmgcore.models import build_model, images_to_tensor
+
+COST = "scaled_sqeuclidean"
+
+
+def timed(fn: Callable[..., Any], repeats: int, *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    """Median wall time in ms of ``fn(*args, **kwargs)`` over ``repeats`` calls after one
+    warm-up; returns it with the last output."""
+    out = fn(*args, **kwargs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times), out
+
+
+def decoder_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = build_model({"architecture": "dlib_conv", "observation_shape": [64, 64, 3]})
+    with torch.no_grad():
+        z = torch.randn(n, 10)
+        return z.double(), torch.sigmoid(model.decode(z)).double()
+
+
+def pot_solve(C_x: torch.Tensor, C_y: torch.Tensor, eps: float, tol: float) -> tuple:
+    n = C_x.shape[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        T, log = ot.gromov.entropic_gromov_wasserstein(
+            C_x.numpy(), C_y.numpy(), epsilon=eps, tol=tol / n, stopThr=tol / math.sqrt(n),
+            max_iter=1000, numItermax=1000, log=True,
+        )
+    return torch.from_numpy(T), float(log["gw_dist"])
+
+
+def errors(P: torch.Tensor, cost: float, ref: gromov.GWResult) -> str:
+    dP = float((P.double() - ref.coupling).abs().sum())
+    return f"{dP:.1e}/{abs(cost / float(ref.cost) - 1):.0e}"
+
+
+def solver_vs_pot(sizes: list[int], repeats: int, tol: float) -> None:
+    print(f"\n== solver vs POT (tol {tol:g}; errors vs reference: L1 coupling / rel. cost) ==")
+    print(f"{'n':>4} {'eps0':>5} | {'POT fp64':>9} {'err':>13} | {'ours fp64':>9} {'x POT':>6} "
+          f"{'err':>13} {'it':>9} | {'fast fp32':>9} {'x POT':>6} {'err':>13} | ref it")
+    for n in sizes:
+        z, images = decoder_batch(n, seed=n)
+        C_x, C_y = costs.pairwise_cost(z, COST), costs.pairwise_cost(images, COST)
+        factors = costs.pairwise_cost_factors(z, COST)
+        f32 = tuple(t.float() for t in factors)
+        for eps0 in (0.1, 0.01):
+            eps = 2 * eps0 * float(C_x.mean() * C_y.mean())
+            ref = gromov.solve(C_x, C_y, eps, tol=1e-9, max_iter=20000, factors_x=factors)
+            reps = repeats if n <= 128 else max(1, repeats // 3)
+            t_pot, (T, gw_pot) = timed(pot_solve, reps, C_x, C_y, eps, tol)
+            t_64, r64 = timed(gromov.solve, reps, C_x, C_y, eps, tol=tol, max_iter=1000)
+            t_32, r32 = timed(gromov.solve, reps, C_x.float(), C_y.float(), eps, tol=tol,
+                              max_iter=1000, factors_x=f32)
+            print(f"{n:>4} {eps0:>5} | {t_pot:>7.1f}ms {errors(T, gw_pot, ref):>13} | "
+                  f"{t_64:>7.1f}ms {t_pot / t_64:>6.1f} {errors(r64.coupling, r64.cost, ref):>13} "
+                  f"{r64.iterations:>4}/{r64.inner_iterations:<4} | {t_32:>7.1f}ms "
+                  f"{t_pot / t_32:>6.1f} {errors(r32.coupling, r32.cost, ref):>13} | "
+                  f"{ref.iterations}{'' if bool(ref.converged) else ' (not converged)'}",
+                  flush=True)
+
+
+def pot_grad(C_x: torch.Tensor, C_y0: torch.Tensor, eps: float, tol: float) -> torch.Tensor:
+    """Gradient of POT's entropic GW value w.r.t. C_y, by autograd through the whole solver."""
+    n = C_x.shape[0]
+    C_y = C_y0.clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        val = ot.gromov.entropic_gromov_wasserstein2(
+            C_x, C_y, epsilon=eps, tol=tol / n, stopThr=tol / math.sqrt(n), max_iter=1000,
+            numItermax=1000)
+    return torch.autograd.grad(val, C_y)[0]
+
+
+def envelope_grad(C_x: torch.Tensor, C_y0: torch.Tensor, eps: float, tol: float) -> torch.Tensor:
+    """Gradient of Q(P) w.r.t. C_y at the solver's coupling, P detached (envelope theorem)."""
+    C_y = C_y0.clone().requires_grad_(True)
+    res = gromov.solve(C_x, C_y, eps, tol=tol, max_iter=1000)
+    value = gromov.quadratic_cost(C_x[None], C_y[None], res.coupling[None])[0]
+    return torch.autograd.grad(value, C_y)[0]
+
+
+def autograd_vs_envelope(sizes: list[int], repeats: int, tol: float) -> None:
+    print("\n== gradient w.r.t. C_y: POT egw2 unrolled autograd vs solve + envelope backward ==")
+    print(f"{'n':>4} {'eps0':>5} | {'POT egw2 f+b':>12} | {'ours f+b':>9} {'x POT':>6} | "
+          "rel. grad diff")
+    for n in sizes:
+        z, images = decoder_batch(n, seed=n)
+        C_x, C_y0 = costs.pairwise_cost(z, COST), costs.pairwise_cost(images, COST)
+        for eps0 in (0.1, 0.01):
+            eps = 2 * eps0 * float(C_x.mean() * C_y0.mean())
+            t_pot, g_pot = timed(pot_grad, max(1, repeats // 3), C_x, C_y0, eps, tol)
+            t_us, g_us = timed(envelope_grad, repeats, C_x, C_y0, eps, tol)
+            diff = float((g_pot - g_us).norm() / g_us.norm())
+            print(f"{n:>4} {eps0:>5} | {t_pot:>10.1f}ms | {t_us:>7.1f}ms {t_pot / t_us:>6.1f} | "
+                  f"{diff:.2f}", flush=True)
+
+
+def gmg_forward_backward(z: torch.Tensor, xhat: torch.Tensor, cost: str,
+                         eps0: float) -> gap.GapResult:
+    """Costs, solve, value and backward to the decoded images (the GMG part of a step)."""
+    y = xhat.clone().requires_grad_(True)
+    res = gap.gromov_monge_gap(z, y, cost, cost, eps0, center=cost == "cosine")
+    res.value.backward()
+    return res
+
+
+def vae_step_overhead(repeats: int) -> None:
+    print("\n== β-VAE training step at batch 64 (dlib_conv, 64×64×3), GMG on the decoder ==")
+    torch.manual_seed(0)
+    model = build_model({"architecture": "dlib_conv", "observation_shape": [64, 64, 3]})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(64, 64, 64, 3, generator=g) < 0.3).to(torch.uint8) * 255
+    x = images_to_tensor(images)
+
+    def step(cost: str | None, eps0: float) -> float:
+        start = time.perf_counter()
+        out = model(x)
+        recon = torch.nn.functional.binary_cross_entropy_with_logits(
+            out.logits, x, reduction="sum") / 64
+        kl = 0.5 * (out.mu.square() + out.logvar.exp() - 1 - out.logvar).sum() / 64
+        loss = recon + 4.0 * kl
+        if cost is not None:
+            res = gap.gromov_monge_gap(out.z, torch.sigmoid(out.logits), cost, cost, eps0,
+                                       center=cost == "cosine")
+            loss = loss + 100.0 * res.value
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return 1e3 * (time.perf_counter() - start)
+
+    for _ in range(3):
+        step(None, 0.1)
+    for cost in ("scaled_sqeuclidean", "cosine"):
+        for eps0 in (0.1, 0.01):
+            step(cost, eps0)
+            base, with_gmg = [], []
+            for _ in range(repeats * 2):
+                base.append(step(None, eps0))
+                with_gmg.append(step(cost, eps0))
+            b, w = statistics.median(base), statistics.median(with_gmg)
+            with torch.no_grad():
+                out = model(x)
+            z, xhat = out.z.detach(), torch.sigmoid(out.logits).detach()
+
+            t_gmg, res = timed(gmg_forward_backward, repeats * 2, z, xhat, cost, eps0)
+            print(f"{cost:>18} eps0={eps0:<5}: step {b:6.1f} ms, with GMG {w:6.1f} ms "
+                  f"(+{100 * (w / b - 1):5.1f} %); GMG fwd+bwd alone {t_gmg:5.1f} ms "
+                  f"({100 * t_gmg / b:4.1f} % of a step); solver {res.iterations} outer / "
+                  f"{res.inner_iterations} inner, converged={res.converged}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="n ∈ {64, 128}, fewer repeats")
+    parser.add_argument("--threads", type=int, default=2, help="torch / BLAS threads")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--tol", type=float, default=1e-4)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 7)
+    sizes = [64, 128] if args.quick else [64, 128, 256, 512]
+    print(f"torch {torch.__version__}, POT {ot.__version__}, threads {args.threads}, "
+          f"load average {os.getloadavg()[0]:.1f} (start)")
+    solver_vs_pot(sizes, repeats, args.tol)
+    autograd_vs_envelope([64] if args.quick else [64, 128], repeats, args.tol)
+    vae_step_overhead(repeats)
+    print(f"\nload average {os.getloadavg()[0]:.1f} (end)")
+
+
+if __name__ == "__main__":
+    main()
