@@ -13,7 +13,9 @@ Conventions (all stated against POT 0.9.7, ``ot.gromov.entropic_gromov_wasserste
 * ``epsilon`` has POT's meaning. The solver runs POT's projected mirror descent (PGD; Peyré,
   Cuturi & Solomon 2016, Prop. 2 with the factor 2 that POT restores): :math:`P_{t+1} =
   \mathrm{Sinkhorn}(\nabla Q(P_t), \varepsilon)` with :math:`\nabla Q(P) = 2\,\mathcal L(C^x, C^y)
-  \otimes P`. With the same init, its fixed point is POT's coupling. OTT-JAX's ``epsilon`` is half
+  \otimes P`. Its fixed points are POT's; from the same init it reaches POT's coupling (tested),
+  though in this non-convex problem rounding differences (fp32) can lead to another local
+  optimum, and PGD can also cycle (then ``converged`` is False). OTT-JAX's ``epsilon`` is half
   of this one, and so is the :math:`\varepsilon` of the ½-convention objective
   :math:`\tfrac12 Q(P) - \varepsilon H(P)` used by :mod:`gmgcore.gap`.
 * ``cost`` is :math:`Q(P)`, with no ½ and no entropy (POT's ``log["gw_dist"]``);
@@ -22,15 +24,22 @@ Conventions (all stated against POT 0.9.7, ``ot.gromov.entropic_gromov_wasserste
 * ``C_x`` and ``C_y`` are assumed symmetric (true for every cost in :mod:`gmgcore.costs`); a
   non-symmetric input is used as given, without POT's symmetrisation.
 
-Numerics. Each outer step forms the kernel :math:`\log K = 4 C^x P_t C^{y\top}/\varepsilon +
-f \oplus g` from the potentials :math:`f, g` carried over from the previous step (warm start),
-renormalises its rows exactly in the log domain, clamps it at ``log(tiny) + 30`` (no exact zeros,
-no fp32 subnormals) and then runs Sinkhorn in the scaling domain on that stabilised kernel,
-absorbing the scalings back into the potentials whenever they leave :math:`[10^{-15}, 10^{15}]`.
-The returned coupling is the last finite iterate rounded onto :math:`U(p, q)` (Altschuler, Weed &
-Rigollet 2017, Alg. 2), so its marginals are exact up to rounding even when ``converged`` is
-False. Convergence: the last outer step moved :math:`P` by at most ``tol`` in L1 and its Sinkhorn
-marginal error (L1) was at most ``tol``.
+Numerics (log-stabilised). Each outer step forms the kernel from the linearisation in the log
+domain, :math:`\log K = 4 C^x P_t C^{y\top}/\varepsilon + g`, with the column potential
+:math:`g` carried over from the previous step (warm start); it subtracts each row's maximum
+(the row potential is implicit) and clamps at ``log(tiny) + 50`` (no exact zeros, no fp32
+subnormals, finite logs). Sinkhorn then runs in the scaling domain on that stabilised kernel,
+folding the scalings back into :math:`g` (and rebuilding the kernel) whenever they leave
+:math:`[e^{-|f|/2}, e^{|f|/2}]`, with f the clamp (about ``1e8`` in fp32), so that a clamped
+entry times a scaling stays negligible and no column is lost to the clamp; when
+its observed rate is too slow (small ε, sharp couplings), it switches to damped Newton steps on
+the same dual. Each outer step is solved to the marginal tolerance, as POT does; in the final
+linear phase the linearisation point is Anderson-extrapolated (same fixed points). The returned
+coupling is the last finite iterate rounded onto :math:`U(p, q)` (Altschuler, Weed & Rigollet
+2017, Alg. 2), so its marginals are exact up to rounding even when ``converged`` is False.
+Convergence: the last outer step moved :math:`P` by at most ``tol`` in L1 and its marginal error
+(L1) was at most ``tol``. On CPU the loop runs through numpy on zero-copy views of the tensors
+(the same arithmetic with far less per-call overhead on small matrices).
 """
 
 from __future__ import annotations
@@ -45,9 +54,11 @@ import torch
 from torch import Tensor
 
 Factors = tuple[Tensor, Tensor]
+Array = Any  # a numpy array or a torch tensor: the numerics below are written for both
 
-_SCALE_LIMIT = 1e15  # fold the Sinkhorn scaling into the potential beyond this range
-_NEWTON_AFTER = 2.0  # Newton once Sinkhorn would need more than this × max(m, 64) iterations
+_ANDERSON_MEMORY = 5  # outer steps mixed by Anderson acceleration (0: plain PGD)
+_ANDERSON_START = 1e-3  # accelerate once the L1 coupling change is below this
+_NEWTON_AFTER = 0.5  # Newton once Sinkhorn would need more than this × max(m, 64) iterations
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,7 @@ class GWResult:
         cost: ``[]`` quadratic cost :math:`Q(P)` (no ½, no entropy).
         entropic_cost: ``[]`` :math:`Q(P) + \\varepsilon \\mathrm{KL}(P \\| pq^\\top)`.
         iterations: outer (mirror-descent) steps run.
-        inner_iterations: Sinkhorn iterations run, summed over outer steps.
+        inner_iterations: Sinkhorn iterations run (a Newton step counts as one), summed.
         converged: ``[]`` bool, per problem.
         marginal_error: ``[]`` L1 marginal error of the last iterate before rounding.
         coupling_change: ``[]`` L1 change of the coupling over the last outer step.
@@ -75,49 +86,17 @@ class GWResult:
     coupling_change: Tensor
 
 
-def _check_inputs(C_x: Tensor, C_y: Tensor, init: Tensor | None) -> None:
-    if C_x.ndim not in (2, 3) or C_x.ndim != C_y.ndim:
-        raise ValueError(
-            f"C_x and C_y must both be [n, n] or [B, n, n]; got {C_x.shape}, {C_y.shape}"
-        )
-    if C_x.shape[-1] != C_x.shape[-2] or C_y.shape[-1] != C_y.shape[-2]:
-        raise ValueError(f"cost matrices must be square; got {C_x.shape}, {C_y.shape}")
-    if C_x.ndim == 3 and C_x.shape[0] != C_y.shape[0]:
-        raise ValueError(f"batch sizes differ: {C_x.shape[0]} vs {C_y.shape[0]}")
-    if not C_x.is_floating_point() or C_x.dtype != C_y.dtype or C_x.device != C_y.device:
-        raise ValueError("C_x and C_y must share one floating dtype and one device")
-    if not (torch.isfinite(C_x).all() and torch.isfinite(C_y).all()):
-        raise ValueError("cost matrices contain NaN or inf")
-    if init is not None:
-        shape = (*C_x.shape[:-1], C_y.shape[-1])
-        if tuple(init.shape) != shape:
-            raise ValueError(f"init must have shape {shape}; got {tuple(init.shape)}")
-        n, m = shape[-2:]
-        ok = (
-            torch.isfinite(init).all()
-            and (init >= 0).all()
-            and torch.allclose(init.sum(-1), torch.full_like(init.sum(-1), 1 / n), atol=1e-4 / n)
-            and torch.allclose(init.sum(-2), torch.full_like(init.sum(-2), 1 / m), atol=1e-4 / m)
-        )
-        if not ok:
-            raise ValueError("init must be a coupling of the uniform weights (marginals 1/n, 1/m)")
+def _ns(a: Array) -> ModuleType:
+    return np if isinstance(a, np.ndarray) else torch
 
 
-def _as_epsilon(epsilon: float | Tensor, batch: int, like: Tensor) -> Tensor:
-    eps = torch.as_tensor(epsilon, dtype=like.dtype, device=like.device).reshape(-1)
-    if eps.numel() not in (1, batch):
-        raise ValueError(f"epsilon must be a scalar or have {batch} entries; got {eps.numel()}")
-    if not (torch.isfinite(eps).all() and (eps > 0).all()):
-        raise ValueError(f"epsilon must be finite and > 0; got {eps.tolist()}")
-    return eps.expand(batch).reshape(batch, 1, 1)
-
-
-def linearization(C_x: Tensor, C_y: Tensor, P: Tensor,
-                  factors_x: Factors | None = None, factors_y: Factors | None = None) -> Tensor:
+def linearization(C_x: Array, C_y: Array, P: Array,
+                  factors_x: Factors | None = None, factors_y: Factors | None = None) -> Array:
     """:math:`C^x P C^{y\\top}`, ``[B, n, m]``: the coupling-dependent part of
     :math:`\\mathcal L \\otimes P = C^{x2} p 1^\\top + 1 q^\\top C^{y2\\top} - 2 C^x P C^{y\\top}`
     (Peyré, Cuturi & Solomon 2016, Prop. 1). Factors ``(A, B)`` with ``C = A Bᵀ`` (``[.., n, r]``)
-    replace the O(n³) products by O(r n²) ones: ``A_x ((B_xᵀ P) C_yᵀ)`` and its mirror image."""
+    replace the O(n³) products by O(r n²) ones: ``A_x ((B_xᵀ P) C_yᵀ)`` and its mirror image.
+    Works on tensors (differentiably) and on numpy arrays."""
     if factors_x is not None:
         A, B = factors_x
         if factors_y is not None:
@@ -128,31 +107,61 @@ def linearization(C_x: Tensor, C_y: Tensor, P: Tensor,
     return (C_x @ P) @ C_y.swapaxes(-1, -2)
 
 
-def quadratic_cost(C_x: Tensor, C_y: Tensor, P: Tensor, G: Tensor | None = None) -> Tensor:
-    """:math:`Q(P) = \\sum_{ijkl} (C^x_{ik} - C^y_{jl})^2 P_{ij} P_{kl}`, ``[B]`` for ``P``
-    ``[B, n, m]``; ``G`` is :func:`linearization` at ``P`` if already known."""
+def quadratic_cost(C_x: Array, C_y: Array, P: Array, G: Array | None = None) -> Array:
+    """:math:`Q(P) = \\sum_{ijkl} (C^x_{ik} - C^y_{jl})^2 P_{ij} P_{kl}
+    = r^\\top C^{x2} r + c^\\top C^{y2} c - 2 \\langle C^x P C^{y\\top}, P\\rangle` (r, c the
+    marginals of P), ``[B]`` for ``P`` ``[B, n, m]``; ``G`` is :func:`linearization` at ``P``."""
     if G is None:
         G = linearization(C_x, C_y, P)
-    r, c = P.sum(-1, keepdim=True), P.sum(-2, keepdim=True).transpose(-1, -2)
-    term_x = (r.transpose(-1, -2) @ (C_x * C_x) @ r).reshape(-1)
-    term_y = (c.transpose(-1, -2) @ (C_y * C_y) @ c).reshape(-1)
-    return term_x + term_y - 2 * (G * P).sum((-1, -2))
+    r, c = P.sum(axis=-1, keepdims=True), P.sum(axis=-2, keepdims=True).swapaxes(-1, -2)
+    term_x = (r.swapaxes(-1, -2) @ (C_x * C_x) @ r).reshape(-1)
+    term_y = (c.swapaxes(-1, -2) @ (C_y * C_y) @ c).reshape(-1)
+    return term_x + term_y - 2 * (G * P).sum(axis=(-1, -2))
 
 
-def round_to_coupling(P: Tensor, n: int, m: int) -> Tensor:
+def round_to_coupling(P: Array, n: int, m: int) -> Array:
     """Project a positive ``[B, n, m]`` matrix onto the uniform couplings (Altschuler et al.
     2017, Alg. 2): scale rows and columns down to the marginals, then add the rank-one
     correction. Moves ``P`` by at most twice its L1 marginal error."""
-    p, q = 1.0 / n, 1.0 / m
-    P = P * (p / P.sum(-1, keepdim=True)).clamp(max=1)
-    P = P * (q / P.sum(-2, keepdim=True)).clamp(max=1)
-    err_r = (p - P.sum(-1, keepdim=True)).clamp(min=0)
-    err_c = (q - P.sum(-2, keepdim=True)).clamp(min=0)
-    total = err_r.sum(-2, keepdim=True).clamp(min=torch.finfo(P.dtype).tiny)
+    xp, p, q = _ns(P), 1.0 / n, 1.0 / m
+    P = P * xp.clip(p / P.sum(axis=-1, keepdims=True), None, 1.0)
+    P = P * xp.clip(q / P.sum(axis=-2, keepdims=True), None, 1.0)
+    err_r = xp.clip(p - P.sum(axis=-1, keepdims=True), 0.0, None)
+    err_c = xp.clip(q - P.sum(axis=-2, keepdims=True), 0.0, None)
+    total = xp.clip(err_r.sum(axis=-2, keepdims=True), float(xp.finfo(P.dtype).tiny), None)
     return P + err_r * err_c / total
 
 
-Array = Any  # a numpy array or a torch tensor: the iteration below is written for both
+def _check(C_x: Array, C_y: Array, init: Array | None, eps: Array) -> None:
+    """Value checks on backend arrays (NaN/inf costs, invalid init, ε ≤ 0): ValueError."""
+    xp = _ns(C_x)
+    if not (bool(xp.isfinite(C_x).all()) and bool(xp.isfinite(C_y).all())):
+        raise ValueError("cost matrices contain NaN or inf")
+    if not (bool(xp.isfinite(eps).all()) and bool((eps > 0).all())):
+        raise ValueError(f"epsilon must be finite and > 0; got {eps.reshape(-1).tolist()}")
+    if init is not None:
+        n, m = init.shape[-2:]
+        rows = float(xp.abs(init.sum(axis=-1) - 1.0 / n).max())
+        cols = float(xp.abs(init.sum(axis=-2) - 1.0 / m).max())
+        if not (bool(xp.isfinite(init).all()) and bool((init >= 0).all())
+                and rows <= 1e-4 / n and cols <= 1e-4 / m):
+            raise ValueError("init must be a coupling of the uniform weights (marginals 1/n, 1/m)")
+
+
+def _check_shapes(C_x: Tensor, C_y: Tensor, init: Tensor | None) -> None:
+    if C_x.ndim not in (2, 3) or C_x.ndim != C_y.ndim:
+        raise ValueError(
+            f"C_x and C_y must both be [n, n] or [B, n, n]; got {C_x.shape}, {C_y.shape}"
+        )
+    if C_x.shape[-1] != C_x.shape[-2] or C_y.shape[-1] != C_y.shape[-2]:
+        raise ValueError(f"cost matrices must be square; got {C_x.shape}, {C_y.shape}")
+    if C_x.ndim == 3 and C_x.shape[0] != C_y.shape[0]:
+        raise ValueError(f"batch sizes differ: {C_x.shape[0]} vs {C_y.shape[0]}")
+    if not C_x.is_floating_point() or C_x.dtype != C_y.dtype or C_x.device != C_y.device:
+        raise ValueError("C_x and C_y must share one floating dtype and one device")
+    shape = (*C_x.shape[:-1], C_y.shape[-1])
+    if init is not None and tuple(init.shape) != shape:
+        raise ValueError(f"init must have shape {shape}; got {tuple(init.shape)}")
 
 
 def _kernel(S: Array, g: Array, floor: float, xp: ModuleType) -> Array:
@@ -182,22 +191,23 @@ def _newton_step(
     """One damped Newton step on the Sinkhorn dual (Brauer et al. 2017, "A Sinkhorn-Newton method
     for entropic optimal transport"): minimise :math:`\\phi(a, b) = \\sum_{ij} e^{a_i} K_{ij}
     e^{b_j} - p^\\top a - q^\\top b` over the log-scalings, eliminating ``a`` by its Schur
-    complement (an ``[m, m]`` solve), with Armijo backtracking. Returns ``u``, ``v`` and the L1
-    error of both marginals before the step."""
+    complement (an ``[m, m]`` solve, slightly damped), with Armijo backtracking. Returns ``u``,
+    ``v`` and the L1 error of both marginals before the step; raises the backend's LinAlgError
+    if the system is singular."""
     Kv, Ktu = K @ v, Kt @ u
     r, c = u * Kv, v * Ktu
     err = (xp.abs(r - p).sum(axis=(-1, -2)) + xp.abs(c - q).sum(axis=(-1, -2)))
     P = u * K * v.swapaxes(-1, -2)
     Pt = P.swapaxes(-1, -2)
     m = c.shape[-2]
-    A = Pt @ (P / r)
-    A = -A + xp.eye(m, dtype=A.dtype)[None] * c + (1.0 / m) * xp.ones_like(A) * q
+    damping = 1.0 + float(xp.finfo(P.dtype).eps) ** 0.5  # keeps A definite on split supports
+    A = xp.eye(m, dtype=P.dtype)[None] * (damping * c) - Pt @ (P / r) + q / m
     rhs = (q - c) + Pt @ ((r - p) / r)
     db = xp.linalg.solve(A, rhs)
     da = -((r - p) + P @ db) / r
     slope = ((r - p) * da).sum(axis=(-1, -2)) + ((c - q) * db).sum(axis=(-1, -2))
     phi0 = r.sum(axis=(-1, -2))
-    t = min(1.0, 30.0 / max(float(xp.amax(xp.abs(da))), float(xp.amax(xp.abs(db))), 1e-30))
+    t = min(1.0, 30.0 / max(float(xp.abs(da).max()), float(xp.abs(db).max()), 1e-30))
     for _ in range(30):
         u2, v2 = u * xp.exp(t * da), v * xp.exp(t * db)
         phi = (u2 * (K @ v2)).sum(axis=(-1, -2)) - t * (p * da.sum(axis=(-1, -2)) + q * db.sum(
@@ -218,29 +228,49 @@ def _inner_solve(
     Returns ``K, u, v, g, err, iterations, finite``."""
     K = _kernel(S, g, floor, xp)
     u, v = xp.ones_like(S[..., :1]), xp.ones_like(g).swapaxes(-1, -2)
-    done, previous, newton = 0, math.inf, False
+    done, previous, newton, allow_newton = 0, math.inf, False, True
+    limit = min(math.exp(-floor / 2), 1e30)  # keeps (clamped entry) × scaling negligible
     while done < max_inner:
         count = 1 if newton else min(inner_iterations, max_inner - done)
         if newton:
-            u, v, err = _newton_step(K, K.swapaxes(-1, -2), u, v, p, q, xp)
-        else:
+            try:
+                u, v, err = _newton_step(K, K.swapaxes(-1, -2), u, v, p, q, xp)
+            except (np.linalg.LinAlgError, RuntimeError):  # torch's LinAlgError is a RuntimeError
+                newton = allow_newton = False
+                count = min(inner_iterations, max_inner - done)
+        if not newton:
             u, v, err = _sinkhorn_block(K, K.swapaxes(-1, -2), v, count, p, q, xp)
         done += count
-        worst = float(xp.amax(err))
-        lo = min(float(xp.amin(u)), float(xp.amin(v)))
-        hi = max(float(xp.amax(u)), float(xp.amax(v)))
+        worst = float(err.max())
+        lo, hi = min(float(u.min()), float(v.min())), max(float(u.max()), float(v.max()))
         if not (math.isfinite(worst) and math.isfinite(hi) and lo > 0):
             return K, u, v, g, err, done, False
         if worst <= target:
             break
-        if hi > _SCALE_LIMIT or lo < 1 / _SCALE_LIMIT:  # fold v into g, rebuild K
+        if hi > limit or lo < 1 / limit:  # fold v into g, rebuild K
             g = g + xp.log(v).swapaxes(-1, -2)
             K, v, newton = _kernel(S, g, floor, xp), xp.ones_like(v), False
-        elif not newton and 0 < worst < previous < math.inf:
+        elif allow_newton and not newton and 0 < worst < previous < math.inf:
             rate = math.log(worst / previous) / count
             newton = math.log(target / worst) / rate > _NEWTON_AFTER * max(v.shape[-2], 64)
         previous = worst
     return K, u, v, g, err, done, True
+
+
+def _anderson(xs: list[Array], fs: list[Array], xp: ModuleType) -> Array:
+    """Type-II Anderson extrapolation (Walker & Ni 2011) of the fixed-point map ``x → f(x)``
+    from its last iterates ``xs``, ``fs`` (``[B, n, m]`` each): ``Σ α_k f_k`` with ``Σ α_k = 1``
+    minimising ``‖Σ α_k (f_k − x_k)‖₂`` (ridge-regularised), per problem."""
+    F = xp.stack(fs, 1).reshape(fs[0].shape[0], len(fs), -1)
+    R = F - xp.stack(xs, 1).reshape(F.shape)
+    gram = R @ R.swapaxes(-1, -2)
+    scale = gram.reshape(F.shape[0], -1).max(axis=-1)[:, None, None] if xp is np else gram.amax(
+        axis=(-1, -2), keepdims=True)
+    gram = gram + (1e-10 * scale + float(xp.finfo(F.dtype).tiny)) * xp.eye(
+        len(fs), dtype=F.dtype)[None]
+    alpha = xp.linalg.solve(gram, xp.ones_like(gram[..., :1]))
+    alpha = alpha / alpha.sum(axis=-2, keepdims=True)
+    return (alpha.swapaxes(-1, -2) @ F).reshape(fs[0].shape)
 
 
 def _pgd(
@@ -248,18 +278,24 @@ def _pgd(
     inner_iterations: int, max_inner: int, factors_x: Factors | None, factors_y: Factors | None,
 ) -> tuple[Array, Array, Array, int, int]:
     """Mirror-descent loop on backend arrays ``[B, n, m]``. Only the column potential ``g``
-    (units of ε, gauge-fixed to max 0) is carried between outer steps. Returns the last finite
-    Sinkhorn coupling (unrounded), its marginal error and change ``[B]``, and the counts."""
+    (units of ε, gauge-fixed to max 0) is carried between outer steps. Once the iteration is in
+    its final linear phase (change < ``_ANDERSON_START`` and shrinking), the next linearisation
+    point is Anderson-extrapolated from the last ``_ANDERSON_MEMORY`` steps; the extrapolation
+    restarts whenever the change grows. Returns the last finite Sinkhorn coupling (unrounded),
+    its marginal error and change ``[B]``, and the counts."""
     B, n, m = x0.shape
     p, q = 1.0 / n, 1.0 / m
     floor = math.log(float(xp.finfo(x0.dtype).tiny)) + 50.0
     g = x0[..., :1, :] * 0
-    P, err, change = x0, xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
+    x = P = x0
+    err, change = xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
     scale = 4.0 / eps
-    outer, inner_total = 0, 0
+    outer, inner_total, last = 0, 0, math.inf
+    xs: list[Array] = []
+    fs: list[Array] = []
     while outer < max_iter:
         outer += 1
-        S = linearization(C_x, C_y, P, factors_x, factors_y) * scale
+        S = linearization(C_x, C_y, x, factors_x, factors_y) * scale
         K, u, v, g, err, done, finite = _inner_solve(
             S, g, floor, tol, inner_iterations, max_inner, p, q, xp
         )
@@ -268,16 +304,18 @@ def _pgd(
             break
         g = g + xp.log(v).swapaxes(-1, -2)
         g = g - xp.amax(g, axis=-1, keepdims=True)
-        P_new = u * K * v.swapaxes(-1, -2)
-        change = xp.abs(P_new - P).sum(axis=(-1, -2))
-        P = P_new
-        if max(float(xp.amax(change)), float(xp.amax(err))) <= tol:
+        P = u * K * v.swapaxes(-1, -2)
+        change = xp.abs(P - x).sum(axis=(-1, -2))
+        worst = float(change.max())
+        if max(worst, float(err.max())) <= tol:
             break
+        if _ANDERSON_MEMORY and worst < min(last, _ANDERSON_START):
+            xs, fs = [*xs[-_ANDERSON_MEMORY:], x], [*fs[-_ANDERSON_MEMORY:], P]
+            x = _anderson(xs, fs, xp) if len(xs) > 1 else P
+        else:
+            xs, fs, x = [], [], P
+        last = worst
     return P, err, change, outer, inner_total
-
-
-def _to(factors: Factors | None, like: Tensor) -> Factors | None:
-    return None if factors is None else (factors[0].to(like), factors[1].to(like))
 
 
 def _use_numpy(device: torch.device, backend: str) -> bool:
@@ -296,8 +334,8 @@ def solve(
     init: Tensor | None = None,
     *,
     tol: float = 1e-6,
-    max_iter: int = 200,
-    inner_iterations: int = 10,
+    max_iter: int = 1000,
+    inner_iterations: int = 5,
     max_inner: int = 1000,
     factors_x: Factors | None = None,
     factors_y: Factors | None = None,
@@ -311,49 +349,49 @@ def solve(
         epsilon: POT's ε (> 0): a float, or ``[B]`` for one value per problem.
         init: starting coupling ``[n, m]`` / ``[B, n, m]`` of the uniform weights; default the
             product coupling :math:`pq^\top` (as in POT and OTT).
-        tol: stop when the last outer step changed P by ≤ tol (L1) and its Sinkhorn marginal
-            error is ≤ tol (L1), for every problem in the batch.
+        tol: stop when the last outer step changed P by ≤ tol (L1) and its marginal error is
+            ≤ tol (L1), for every problem in the batch; each Sinkhorn solve also targets tol.
         max_iter: outer-step budget.
         inner_iterations: Sinkhorn iterations between two marginal-error checks.
-        max_inner: Sinkhorn budget per outer step. ``max_inner == inner_iterations`` gives a
-            fixed budget of ``max_iter × inner_iterations`` Sinkhorn iterations.
+        max_inner: Sinkhorn budget per outer step (a Newton step counts as one). Setting
+            ``max_inner == inner_iterations`` gives a fixed budget of ``max_iter × max_inner``
+            Sinkhorn iterations without Newton steps.
         factors_x, factors_y: optional ``(A, B)`` with ``C = A Bᵀ`` (``[.., n, r]``), used only
             for the linearisation ``C_x P C_yᵀ`` (see :func:`gmgcore.costs.pairwise_cost_factors`).
-        backend: "auto" runs the iteration through numpy on CPU (same arithmetic, about 5×
-            less per-call overhead on small matrices; zero-copy) and through torch elsewhere.
+        backend: "auto" iterates through numpy on CPU and through torch elsewhere.
 
     Returns:
         :class:`GWResult`. ``converged`` False means the budget ran out (or an iterate stopped
         being finite); the coupling is then the last finite iterate, rounded onto U(p, q).
     """
-    _check_inputs(C_x, C_y, init)
+    _check_shapes(C_x, C_y, init)
     batched = C_x.ndim == 3
-    if not batched:
-        C_x, C_y = C_x.unsqueeze(0), C_y.unsqueeze(0)
-        init = None if init is None else init.unsqueeze(0)
-        factors_x = None if factors_x is None else (factors_x[0][None], factors_x[1][None])
-        factors_y = None if factors_y is None else (factors_y[0][None], factors_y[1][None])
-    B, n, m = C_x.shape[0], C_x.shape[-1], C_y.shape[-1]
-    eps = _as_epsilon(epsilon, B, C_x)
-    x0 = C_x.new_full((B, n, m), 1.0 / (n * m)) if init is None else init.to(C_x)
+    B, n, m = (C_x.shape[0] if batched else 1), C_x.shape[-1], C_y.shape[-1]
+    eps = torch.as_tensor(epsilon, dtype=C_x.dtype, device=C_x.device).reshape(-1)
+    if eps.numel() not in (1, B):
+        raise ValueError(f"epsilon must be a scalar or have {B} entries; got {eps.numel()}")
     if _use_numpy(C_x.device, backend):
-        conv = (lambda t: t.detach().contiguous().numpy()), np
+        xp, conv = np, (lambda t: t.detach().to(C_x).reshape(B, *t.shape[-2:]).contiguous().numpy())
     else:
-        conv = (lambda t: t.detach()), torch
-    fx = None if factors_x is None else tuple(conv[0](t.to(C_x)) for t in factors_x)
-    fy = None if factors_y is None else tuple(conv[0](t.to(C_x)) for t in factors_y)
-    P, err, change, outer, inner = _pgd(
-        conv[0](C_x), conv[0](C_y), conv[0](x0), conv[0](eps), conv[1], tol, max_iter,
-        inner_iterations, max_inner, fx, fy,
-    )
-    P, err, change = (torch.as_tensor(a, device=C_x.device) for a in (P, err, change))
-    converged = (change <= tol) & (err <= tol)
+        xp, conv = torch, (lambda t: t.detach().to(C_x).reshape(B, *t.shape[-2:]))
+    Cx, Cy = conv(C_x), conv(C_y)
+    x0 = None if init is None else conv(init)
+    eps_b = conv(eps.expand(B).reshape(B, 1, 1))
+    _check(Cx, Cy, x0, eps_b)
+    fx = None if factors_x is None else (conv(factors_x[0]), conv(factors_x[1]))
+    fy = None if factors_y is None else (conv(factors_y[0]), conv(factors_y[1]))
+    if x0 is None:
+        x0 = xp.ones_like(Cx[..., :1] * Cy[..., :1, :]) / (n * m)
+    P, err, change, outer, inner = _pgd(Cx, Cy, x0, eps_b, xp, tol, max_iter, inner_iterations,
+                                        max_inner, fx, fy)
     P = round_to_coupling(P, n, m)
-    G = linearization(C_x, C_y, P, _to(factors_x, C_x), _to(factors_y, C_x))
-    cost = quadratic_cost(C_x, C_y, P, G)
-    kl = torch.xlogy(P, P).sum((-1, -2)) + math.log(n * m)
-    entropic = cost + eps.reshape(-1) * kl
-    out = GWResult(P, cost, entropic, outer, inner, converged, err, change)
-    if batched:
-        return out
-    return GWResult(*(t.squeeze(0) if isinstance(t, Tensor) else t for t in vars(out).values()))
+    cost = quadratic_cost(Cx, Cy, P, linearization(Cx, Cy, P, fx, fy))
+    tiny = float(xp.finfo(P.dtype).tiny)
+    kl = (P * xp.log(xp.clip(P, tiny, None))).sum(axis=(-1, -2)) + math.log(n * m)
+    entropic = cost + eps_b.reshape(-1) * kl
+    converged = (change <= tol) & (err <= tol)
+    out = [torch.as_tensor(a, device=C_x.device) for a in (P, cost, entropic, converged, err,
+                                                            change)]
+    if not batched:
+        out = [t[0] for t in out]
+    return GWResult(out[0], out[1], out[2], outer, inner, out[3], out[4], out[5])

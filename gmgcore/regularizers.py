@@ -9,7 +9,11 @@ and outputs from a VAE forward pass.
 * Decoder, :math:`T: z \\mapsto \\hat x = E[x|z]` (``sigmoid(logits)`` for Bernoulli): source =
   the sampled codes ``z`` ``[n, d]`` of the same forward pass, image = ``x_hat`` ``[n, C, H, W]``.
   Reference measure r = the encoder's samples, so the decoder penalty reuses the reconstruction
-  pass (no extra decoder evaluation) and its gradient reaches the encoder through ``z`` as well.
+  pass (no extra decoder evaluation).
+
+:mod:`gmgcore.gap` treats the source as the fixed reference sample (detached): gradients reach the
+map through its outputs only. For the decoder, ``x_hat = d(z)`` still depends on the encoder
+through ``z``, so the encoder receives the penalty's gradient along that path.
 
 Costs are named per *space*, not per side of the map: ``cost_x`` on the data space (images,
 reconstructions), ``cost_y`` on the latent space (``mu`` or ``z``). The encoder's GMG is thus
@@ -53,7 +57,8 @@ class RegularizerSpec:
     """``kind`` (none | gmg | dst | jacobian) on ``target`` (encoder | decoder | both), added to
     the loss as ``weight`` × value. ``cost_x``: cost on the data space; ``cost_y``: on the latent
     space. ``epsilon0``: GMG's relative entropic regularisation. ``gap_options``: extra keyword
-    arguments for :func:`gmgcore.gap.gromov_monge_gap` (solver budget, init, ...).
+    arguments for :func:`gmgcore.gap.gromov_monge_gap` (solver budget, init, center; DST uses
+    ``center`` too).
     ``jacobian_mixup``: η of the latent mixup of Lee et al. 2022 (0 = evaluate at the codes)."""
 
     kind: str = "none"
@@ -105,14 +110,14 @@ def gap_penalty(
     ``solver_iterations``, ``solver_converged`` (GMG) or ``dst`` (DST).
     """
     source, image = source.float(), image.float()
+    options = dict(gap_options or {})
     if kind == "dst":
-        value = gap.distortion(source, image, cost_source, cost_image)
+        center = {"center": options["center"]} if "center" in options else {}
+        value = gap.distortion(source, image, cost_source, cost_image, **center)
         return RegularizerResult(value, {"dst": value.detach()})
     if kind != "gmg":
         raise ValueError(f"gap_penalty kind {kind!r}: expected 'gmg' or 'dst'")
-    res = gap.gromov_monge_gap(
-        source, image, cost_source, cost_image, epsilon0, **dict(gap_options or {})
-    )
+    res = gap.gromov_monge_gap(source, image, cost_source, cost_image, epsilon0, **options)
     terms = {
         "gmg": res.value.detach(),
         "dst": _scalar(res.distortion, res.value),

@@ -57,7 +57,7 @@ class ToyConfig(StageConfig):
     lr: float = 3e-3
     epsilon: float = 0.01  # entropic blur of the fitting Sinkhorn divergence (squared units)
     epsilon0: float = 0.01  # GMG: relative entropic regularization of the GW solve
-    gmg_max_iter: int = 50  # GMG training budget: outer (mirror-descent) steps
+    gmg_max_iter: int = 30  # GMG training budget: outer (mirror-descent) steps
     gmg_inner_iterations: int = 20  # ... and Sinkhorn iterations per outer step
     weight_square: float = 1.0  # lambda for the square row (sqeuclidean costs)
     weight_ring: float = 1.0  # lambda for the ring row (cosine costs)
@@ -105,12 +105,13 @@ def _evaluate(cfg: ToyConfig, cost: str, x, labels, y, target_eval) -> dict[str,
     """Fit and geometry of one trained map on the held-out sample (``x [N, 3]``, ``y [N, 2]``).
 
     ``gmg`` is the mean over ``eval_gmg_batches`` disjoint batches of ``reg_batch_size`` points
-    (the GMG estimate depends on the batch size) with the GW problem solved to tolerance."""
+    (the GMG estimate depends on the batch size), each with a GW budget of 100 x 20 Sinkhorn
+    iterations (a 1e-6 tolerance costs up to 100x more and moved the values by < 0.002)."""
     n = cfg.reg_batch_size
     with torch.no_grad():
         gaps = [
-            _gap(cfg, cost, x[k * n:(k + 1) * n], y[k * n:(k + 1) * n], max_iter=500,
-                 inner_iterations=10, max_inner=2000, tol=1e-6).item()
+            _gap(cfg, cost, x[k * n:(k + 1) * n], y[k * n:(k + 1) * n], max_iter=100,
+                 inner_iterations=20, max_inner=20).item()
             for k in range(cfg.eval_gmg_batches)
         ]
         return {
@@ -206,6 +207,7 @@ def _figure(x, labels, panels, metrics) -> bytes:
         base = row * n_cols
         ax = fig.add_subplot(len(TARGETS), n_cols, base + 1, projection="3d")
         ax.scatter(*x.numpy().T, c=colours, s=2, depthshade=False)
+        ax.view_init(elev=45, azim=200)  # all five clusters apart for the default layout
         ax.set_title("source p (3-D)", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([])
         ax = fig.add_subplot(len(TARGETS), n_cols, base + 2)

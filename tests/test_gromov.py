@@ -66,7 +66,8 @@ def test_costs_against_the_explicit_four_index_sum() -> None:
     torch.testing.assert_close(res.entropic_cost, quad + 0.3 * kl)
 
 
-def test_isometric_permuted_copy_gives_zero_and_the_permutation() -> None:
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_isometric_permuted_copy_gives_zero_and_the_permutation(backend: str) -> None:
     n = 24
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 3, generator=g, dtype=F64)
@@ -75,7 +76,7 @@ def test_isometric_permuted_copy_gives_zero_and_the_permutation() -> None:
     C_x = costs.pairwise_cost(x, "sqeuclidean")
     C_y = costs.pairwise_cost((x @ Q + 1.0)[perm], "sqeuclidean")
     eps = 2 * 0.01 * float(C_x.mean() * C_y.mean())  # ε0 = 0.01 in the gap's convention
-    res = gromov.solve(C_x, C_y, eps, tol=1e-8, max_iter=2000)
+    res = gromov.solve(C_x, C_y, eps, tol=1e-8, max_iter=2000, backend=backend)
     assert bool(res.converged)
     # entropic bias: Q(P) + eps KL(P) <= the objective at the permutation = eps log n
     assert 0 <= float(res.cost) <= eps * math.log(n)
