@@ -9,6 +9,7 @@ import numpy as np
 import ot
 import pytest
 import torch
+import yaml
 
 from gmgcore import toy
 
@@ -213,7 +214,8 @@ def test_cli_command_runs_the_stage(tmp_path):
     app = typer.Typer()
     stage.register(app)
     params = tmp_path / "params.yaml"
-    params.write_text("toy:\n" + "".join(f"  {k}: {v}\n" for k, v in TINY.items()))
+    full = {**stage.ToyConfig().model_dump(mode="json"), **TINY}  # every key spelled out
+    params.write_text(yaml.safe_dump({"toy": full}))
     out = tmp_path / "out"
     runner = CliRunner()
     result = runner.invoke(app, ["--out", str(out), "--params", str(params),
