@@ -193,8 +193,10 @@ def report(
 
 def _register_extensions() -> None:
     from pipelines.cli import register as register_flows
+    from stages.toy import register as register_toy
 
     register_flows(app)
+    register_toy(app)
 
 
 _register_extensions()
