@@ -15,7 +15,9 @@ Part 2: one β-VAE training step at batch 64 (dlib_conv encoder/decoder, Bernoul
 with and without λ·GMG on the decoder (z → sigmoid(logits), default fixed budget), steps
 interleaved, medians; and GMG forward + backward alone.
 
-Usage: ``.venv/bin/python bench/bench_gw.py [--quick] [--threads N] [--repeats R]``
+Usage: ``.venv/bin/python bench/bench_gw.py [--quick] [--threads N] [--repeats R]``. On a
+machine shared with other jobs use ``--threads 1``: with 2 threads on busy cores, OpenMP/BLAS
+contention slows every small kernel several-fold (measured 10× on the n = 512 solve).
 """
 
 from __future__ import annotations
@@ -203,13 +205,14 @@ def vae_step_overhead(repeats: int) -> None:
             t_gmg, (res, grad) = timed(gmg_forward_backward, repeats * 2, z, xhat, cost, eps0)
             ref, ref_grad = gmg_forward_backward(z.double(), xhat.double(), cost, eps0,
                                                  tol=1e-9, max_iter=20000, max_inner=20000)
-            dv = abs(float(res.value) - float(ref.value)) / max(abs(float(ref.value)), 1e-12)
+            value, ref_value = float(res.value.detach()), float(ref.value.detach())
+            dv = abs(value - ref_value) / max(abs(ref_value), 1e-12)
             dg = float((grad.double() - ref_grad).norm() / ref_grad.norm().clamp(min=1e-30))
             print(f"{cost:>18} eps0={eps0:<5}: step {b:6.1f} ms, with GMG {w:6.1f} ms "
                   f"(+{100 * (w / b - 1):5.1f} %); GMG fwd+bwd alone {t_gmg:5.1f} ms "
                   f"({100 * t_gmg / b:4.1f} % of a step); default budget: "
                   f"{res.iterations} outer / {res.inner_iterations} inner, converged="
-                  f"{res.converged}, value {float(res.value):+.3e} (rel. err {dv:.1e} vs "
+                  f"{res.converged}, value {value:+.3e} (rel. err {dv:.1e} vs "
                   f"converged fp64), grad rel. err {dg:.1e}", flush=True)
 
 

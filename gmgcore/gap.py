@@ -35,8 +35,14 @@ couplings of the uniform weights: the entropic GW coupling found by
   ``value = <C^x P̄ C^{y⊤}, P̄> − mean(C^x ⊙ C^y)``, equal to DST − ½Q(P̄) for uniform marginals
   and free of the cancellation between two large terms.
 * **Budget.** The defaults are a fixed small budget for a training step (at most 20 outer steps
-  of at most 5 Sinkhorn iterations, early exit at ``tol``); ``converged`` says whether ``tol``
-  was reached. The coupling is always a valid coupling and the value is always finite.
+  of at most 5 Sinkhorn iterations, no Newton steps, early exit at ``tol``); ``converged`` says
+  whether ``tol`` was reached. The coupling is always a valid coupling and the value is always
+  finite. Measured (``bench/bench_gw.py``; n = 64, fp32, decoder of a random-init dlib_conv
+  VAE, against the converged fp64 estimate): ScL2² at ε0 = 0.1 converges inside the budget
+  (value and gradient errors ~1e-6); centred cosine does not (value error 15–25 %, gradient
+  15–60 % at ε0 = 0.1–0.01), and ScL2² at ε0 = 0.01 stops before beating the identity coupling
+  (GMG = 0, zero gradient). Raise ``max_iter`` / ``max_inner`` (e.g. 200 / 1000, which also
+  enables Newton steps) for small ε0 or cosine costs, at a higher cost per step.
 """
 
 from __future__ import annotations

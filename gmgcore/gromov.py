@@ -201,7 +201,7 @@ def _newton_step(
     Pt = P.swapaxes(-1, -2)
     m = c.shape[-2]
     damping = 1.0 + float(xp.finfo(P.dtype).eps) ** 0.5  # keeps A definite on split supports
-    A = xp.eye(m, dtype=P.dtype)[None] * (damping * c) - Pt @ (P / r) + q / m
+    A = xp.eye(m, dtype=P.dtype, device=P.device)[None] * (damping * c) - Pt @ (P / r) + q / m
     rhs = (q - c) + Pt @ ((r - p) / r)
     db = xp.linalg.solve(A, rhs)
     da = -((r - p) + P @ db) / r
@@ -245,12 +245,15 @@ def _inner_solve(
         lo, hi = min(float(u.min()), float(v.min())), max(float(u.max()), float(v.max()))
         if not (math.isfinite(worst) and math.isfinite(hi) and lo > 0):
             return K, u, v, g, err, done, False
+        if hi > limit or lo < 1 / limit:  # fold v into g, rebuild K (before trusting err)
+            g = g + xp.log(v).swapaxes(-1, -2)
+            K, v, newton, previous = _kernel(S, g, floor, xp), xp.ones_like(v), False, math.inf
+            u = p / (K @ v)  # a consistent iterate in case the budget ends here
+            err = xp.abs(K.swapaxes(-1, -2) @ u - q).sum(axis=(-1, -2))
+            continue
         if worst <= target:
             break
-        if hi > limit or lo < 1 / limit:  # fold v into g, rebuild K
-            g = g + xp.log(v).swapaxes(-1, -2)
-            K, v, newton = _kernel(S, g, floor, xp), xp.ones_like(v), False
-        elif allow_newton and not newton and 0 < worst < previous < math.inf:
+        if allow_newton and not newton and 0 < worst < previous < math.inf:
             rate = math.log(worst / previous) / count
             newton = math.log(target / worst) / rate > _NEWTON_AFTER * max(v.shape[-2], 64)
         previous = worst
@@ -264,10 +267,9 @@ def _anderson(xs: list[Array], fs: list[Array], xp: ModuleType) -> Array:
     F = xp.stack(fs, 1).reshape(fs[0].shape[0], len(fs), -1)
     R = F - xp.stack(xs, 1).reshape(F.shape)
     gram = R @ R.swapaxes(-1, -2)
-    scale = gram.reshape(F.shape[0], -1).max(axis=-1)[:, None, None] if xp is np else gram.amax(
-        axis=(-1, -2), keepdims=True)
-    gram = gram + (1e-10 * scale + float(xp.finfo(F.dtype).tiny)) * xp.eye(
-        len(fs), dtype=F.dtype)[None]
+    ridge = 1e-10 if F.dtype in (np.float64, torch.float64) else 1e-5
+    scale = ridge * xp.amax(gram, axis=(-1, -2), keepdims=True) + float(xp.finfo(F.dtype).tiny)
+    gram = gram + scale * xp.eye(len(fs), dtype=F.dtype, device=F.device)[None]
     alpha = xp.linalg.solve(gram, xp.ones_like(gram[..., :1]))
     alpha = alpha / alpha.sum(axis=-2, keepdims=True)
     return (alpha.swapaxes(-1, -2) @ F).reshape(fs[0].shape)
@@ -311,7 +313,12 @@ def _pgd(
             break
         if _ANDERSON_MEMORY and worst < min(last, _ANDERSON_START):
             xs, fs = [*xs[-_ANDERSON_MEMORY:], x], [*fs[-_ANDERSON_MEMORY:], P]
-            x = _anderson(xs, fs, xp) if len(xs) > 1 else P
+            try:
+                x = _anderson(xs, fs, xp) if len(xs) > 1 else P
+            except (np.linalg.LinAlgError, RuntimeError):  # torch's LinAlgError: RuntimeError
+                xs, fs, x = [], [], P
+            if not bool(xp.isfinite(x).all()):
+                xs, fs, x = [], [], P
         else:
             xs, fs, x = [], [], P
         last = worst

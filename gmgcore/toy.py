@@ -308,7 +308,7 @@ def knn_label_purity(points: Tensor, labels: Tensor, k: int) -> float:
 def fit_map(
     model: nn.Module,
     sample_source_batch: Callable[[int], Tensor],
-    target: Tensor,
+    sample_target_batch: Callable[[int], Tensor],
     regularizer: Regularizer | None,
     *,
     steps: int,
@@ -325,22 +325,22 @@ def fit_map(
     r"""Train ``model`` with Adam on
     :math:`S_\varepsilon(T\sharp p_n, q_m) + \lambda R(x_r, T(x_r))`.
 
-    Each step draws ``batch_size`` source points with ``sample_source_batch(n) -> [n, 3]``; the
-    regularizer sees the first ``reg_batch_size`` of them and their images (``[n_r, 3]``,
-    ``[n_r, 2]``). ``target`` ``[m, 2]`` is a fixed sample of ``q``, so its self term is
-    computed once. ``callback(step, terms)`` is called
-    after each step; the per-step terms (``fit``, ``reg``, ``loss``) are also returned.
+    Each step draws ``batch_size`` fresh source points ``[n, 3]`` and target points ``[n, 2]``
+    with ``sample_source_batch(n)`` and ``sample_target_batch(n)`` (fresh target points keep a
+    fixed sample's own offset from ``q`` out of the map); the regularizer sees the first
+    ``reg_batch_size`` source points and their images (``[n_r, 3]``, ``[n_r, 2]``).
+    ``callback(step, terms)`` is called after each step; the per-step terms (``fit``, ``reg``,
+    ``loss``) are also returned.
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    target = target.detach()
-    self_target = entropic_ot_self(target, epsilon, 1000, 1e-6).detach()
     history: list[dict[str, float]] = []
     for step in range(1, steps + 1):
         x = sample_source_batch(batch_size)
+        target = sample_target_batch(batch_size).detach()
         y = model(x)
         cross = entropic_ot(y, target, epsilon, sinkhorn_iters, sinkhorn_tol, sinkhorn_scaling)
         fit = cross.value - 0.5 * entropic_ot_self(y, epsilon, 100, sinkhorn_tol)
-        fit = fit - 0.5 * self_target
+        fit = fit - 0.5 * entropic_ot_self(target, epsilon, 100, sinkhorn_tol).detach()
         reg = torch.zeros((), dtype=fit.dtype)
         if regularizer is not None and weight > 0:
             reg = regularizer(x[:reg_batch_size], y[:reg_batch_size])

@@ -62,9 +62,11 @@ class CommandError(RuntimeError):
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for DVC and stage subprocesses (analytics off, this interpreter first)."""
+    """Environment for DVC and stage subprocesses (analytics off, unbuffered output, this
+    interpreter first on ``PATH``)."""
     env = dict(os.environ)
     env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")  # DVC and stage logs reach Prefect line by line
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env.update(extra or {})

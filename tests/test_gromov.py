@@ -153,6 +153,22 @@ def test_fp32_small_epsilon_stays_finite_where_pot_fails() -> None:
     assert isinstance(res.converged, torch.Tensor) and res.converged.dtype == torch.bool
 
 
+def test_fp32_kernel_wider_than_the_exponent_range_matches_fp64() -> None:
+    """ε0 = 0.003: the first log-kernel spans ~350 units, beyond fp32's exp range; the clamped
+    kernel must be re-stabilised (not balanced on its clamped entries) and match fp64."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(32, 10, generator=g, dtype=F64)
+    y = torch.sigmoid(torch.tanh(z @ torch.randn(10, 16, generator=g, dtype=F64))
+                      @ torch.randn(16, 300, generator=g, dtype=F64) / 4)
+    C_x = costs.pairwise_cost(z, "scaled_sqeuclidean")
+    C_y = costs.pairwise_cost(y, "scaled_sqeuclidean")
+    r64 = gromov.solve(C_x, C_y, 0.006, tol=1e-5, max_iter=5000)
+    r32 = gromov.solve(C_x.float(), C_y.float(), 0.006, tol=1e-4, max_iter=5000)
+    assert bool(r64.converged) and bool(r32.converged)
+    assert float((r32.coupling.double() - r64.coupling).abs().sum()) < 1e-2
+    assert abs(float(r32.cost) / float(r64.cost) - 1) < 1e-3
+
+
 def test_invalid_inputs_raise() -> None:
     C_x, C_y = _clouds(5, 5)
     bad = C_x.clone()

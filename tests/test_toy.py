@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import ot
@@ -165,7 +166,8 @@ def test_fit_map_reduces_the_divergence():
 
     before = fit()
     history = toy.fit_map(
-        model, lambda n: toy.sample_source(n, means, 0.15, gen)[0], target, None, steps=60,
+        model, lambda n: toy.sample_source(n, means, 0.15, gen)[0],
+        lambda n: toy.sample_square(n, gen, dtype=torch.float32), None, steps=60,
         batch_size=64, reg_batch_size=16, weight=0.0, lr=1e-2, epsilon=0.05,
     )
     assert len(history) == 60 and set(history[0]) == {"fit", "reg", "loss"}
@@ -174,7 +176,7 @@ def test_fit_map_reduces_the_divergence():
 
 # ------------------------------------------------------------------------- the stage
 TINY = {
-    "steps": 15, "batch_size": 48, "target_size": 64, "reg_batch_size": 16, "hidden": 16,
+    "steps": 15, "batch_size": 48, "reg_batch_size": 16, "hidden": 16,
     "eval_size": 120, "eval_gmg_batches": 2, "knn": 5, "epsilon": 0.05,
 }
 
@@ -225,3 +227,15 @@ def test_cli_command_runs_the_stage(tmp_path):
     bad = runner.invoke(app, ["--out", str(out), "--params", str(params),
                               "--set", "toy.stpes=2"])
     assert bad.exit_code == 2 and "toy.stpes" in bad.output
+
+
+def test_params_yaml_section_matches_the_config():
+    """The repository's ``toy`` section loads (every key, no unknown key) and equals the
+    defaults in code, so ``gmg toy`` reproduces docs/toy.md."""
+    stage = pytest.importorskip("stages.toy", reason="needs gmgcore.gap")
+    from stages.params import load_section
+
+    path = Path(__file__).resolve().parents[1] / "params.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    assert load_section(path, "toy", stage.ToyConfig) == stage.ToyConfig()
