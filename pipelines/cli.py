@@ -1,4 +1,4 @@
-"""``gmg run``, ``gmg sweep``, ``gmg serve`` and ``gmg results``.
+"""``gmg run``, ``gmg sweep``, ``gmg study``, ``gmg serve`` and ``gmg results``.
 
 :func:`register` adds the commands to the ``gmg`` typer app. Prefect, Dask and pandas are
 imported inside the commands, so ``gmg --help`` and the stage commands stay fast.
@@ -166,6 +166,99 @@ def _print_outcomes(outcomes: list[dict[str, Any]]) -> None:
     Console().print(table)
 
 
+def study_command(
+    profile: Annotated[str, typer.Option(help="Budget profile of the study file: cpu, paper, ...")],
+    study_file: Annotated[Path, typer.Option("--study", help="Study file.")] = Path(
+        "studies/disentanglement.yaml"
+    ),
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            help="Run only experiments with section.key in v1,v2,... (repeatable), "
+            "e.g. train.seed=0,1.",
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Workers of the local Dask cluster.")] = 2,
+    address: Annotated[
+        str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")
+    ] = None,
+    retries: Annotated[int, typer.Option(help="Extra attempts per failing experiment.")] = 1,
+    table: Annotated[
+        Path, typer.Option(help="Results table: <table>.parquet and <table>.md.")
+    ] = Path("docs/study/table"),
+    table_only: Annotated[
+        bool, typer.Option("--table-only", help="Only rebuild the table from finished runs.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the selected experiments; run nothing.")
+    ] = False,
+    root: RootOpt = Path("."),
+    debug: DebugOpt = False,
+) -> None:
+    """Run a named study (a grid with a budget profile) on the sweep flow; write its table."""
+    _telemetry_off()
+    from pipelines.study import load_study, select_experiments, study_experiments
+
+    try:
+        study = load_study(root / study_file if not study_file.is_absolute() else study_file)
+        everything = study_experiments(study, profile)
+        chosen = select_experiments(everything, parse_grid_options(where or []))
+        check_keys_exist(root, chosen)
+    except GridError as err:
+        _fail(str(err), 2)
+    prefix = f"{study.name}-{profile}-"
+    typer.echo(f"study {study.name}, profile {profile}: {len(chosen)} of {len(everything)} "
+               "experiments selected")
+    if dry_run:
+        for experiment in chosen:
+            typer.echo(f"{experiment.name}  {' '.join(experiment.overrides())}")
+        return
+    if not table_only and chosen:
+        from pipelines.sweep import dask_task_runner, sweep
+
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        runner = dask_task_runner(workers=workers, address=address)
+        grid = [{**study.axes, **sub, **study.profiles[profile]} for sub in study.grid]
+        try:
+            outcomes = sweep.with_options(task_runner=runner)(
+                grid=grid, root=str(root), name=prefix[:-1], retries=retries,
+                only=[e.name for e in chosen], skip_existing=True,
+            )
+        except Exception as err:  # noqa: BLE001
+            if debug:
+                raise
+            _fail(f"{type(err).__name__}: {err}", 1)
+        if outcomes:
+            _print_outcomes(outcomes)
+    try:
+        written = _write_study_table(root, study, everything, table)
+    except Exception as err:  # noqa: BLE001
+        if debug:
+            raise
+        _fail(f"{type(err).__name__}: {err}", 1)
+    typer.echo(f"{written} configurations written to {table}.parquet and {table}.md")
+
+
+def _write_study_table(root: Path, study: Any, experiments: list[Any], table: Path) -> int:
+    """Aggregate the study's finished experiments (of any baseline commit) into the table."""
+    from pipelines.results import collect_results, write_results
+    from pipelines.study import study_table, table_markdown
+    from stages.atomic import write_text
+
+    prefix = experiments[0].name.rsplit("-", 1)[0] + "-"
+    results = collect_results(root, all_commits=True, prefix=prefix)
+    summary = study_table(study, experiments, results)
+    results = results[results["experiment"].isin({e.name for e in experiments})]
+    table.parent.mkdir(parents=True, exist_ok=True)
+    write_results(summary, table.with_suffix(".parquet"))
+    baselines = ", ".join(sorted(set(results["baseline"].astype(str))))
+    write_text(table.with_suffix(".md"), (
+        f"{len(results)} experiments `{prefix}*` (baseline commits: {baselines}); mean ± sample "
+        "std over seeds.\n\n" + table_markdown(summary)))
+    return len(summary)
+
+
 def serve_command(
     cron: Annotated[str, typer.Option(help='Cron schedule, e.g. "0 3 * * *".')],
     name: Annotated[str, typer.Option(help="Deployment name.")] = "gmg-pipeline-schedule",
@@ -251,8 +344,9 @@ def _cell(value: Any) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``run``, ``sweep``, ``serve`` and ``results`` to ``app``."""
+    """Add ``run``, ``sweep``, ``study``, ``serve`` and ``results`` to ``app``."""
     app.command("run")(run_command)
     app.command("sweep")(sweep_command)
     app.command("serve")(serve_command)
     app.command("results")(results_command)
+    app.command("study")(study_command)

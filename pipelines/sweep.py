@@ -78,6 +78,8 @@ def sweep(
     retry_delay_seconds: float = 0.0,
     git_remote: str | None = None,
     dvc_remote: str | None = None,
+    only: list[str] | None = None,
+    skip_existing: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every experiment of ``grid`` (see :mod:`pipelines.grid`) on the flow's task runner.
 
@@ -87,14 +89,32 @@ def sweep(
     exchange outputs through the DVC remote ``dvc_remote`` (the default remote if None), and
     the flow pulls the finished experiments into ``root``.
 
-    Returns one :class:`ExperimentOutcome` (as a dict) per experiment, in grid order.
+    ``only`` runs just the named experiments of the grid (names as if the whole grid ran);
+    ``skip_existing`` leaves out experiments that already exist instead of failing, so a
+    killed sweep resumes where it stopped.
+
+    Returns one :class:`ExperimentOutcome` (as a dict) per experiment run, in grid order.
     """
     logger = get_run_logger()
     repo = Path(root).resolve()
     sweep_name = name or default_sweep_name()
     experiments = expand_grid(grid, sweep_name)
+    if only is not None:
+        unknown = sorted(set(only) - {e.name for e in experiments})
+        if unknown:
+            raise ValueError(f"experiments {', '.join(unknown[:3])} are not in the grid")
+        experiments = [e for e in experiments if e.name in set(only)]
     check_keys_exist(repo, experiments)
-    _check_names_free(repo, [e.name for e in experiments])
+    if skip_existing:
+        existing = _existing_names(repo)
+        kept = [e for e in experiments if e.name not in existing]
+        logger.info("sweep %s: %d of %d experiments exist already", sweep_name,
+                    len(experiments) - len(kept), len(experiments))
+        experiments = kept
+    else:
+        _check_names_free(repo, [e.name for e in experiments])
+    if not experiments:
+        return []
     baseline = prepare_baseline(repo, sweep_name, git_remote=git_remote, dvc_remote=dvc_remote)
     logger.info("sweep %s: %d experiments on %s", sweep_name, len(experiments), baseline.rev[:10])
     attempt = run_experiment.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
@@ -132,10 +152,14 @@ def _outcome(experiment: Experiment, future: Any, retries: int) -> ExperimentOut
     )
 
 
+def _existing_names(repo: Path) -> set[str]:
+    """Names of the repository's DVC experiments (of any baseline)."""
+    return set(git("for-each-ref", "--format=%(refname:lstrip=4)", "refs/exps",
+                   cwd=repo).splitlines())
+
+
 def _check_names_free(repo: Path, names: list[str]) -> None:
-    existing = set(git("for-each-ref", "--format=%(refname:lstrip=4)", "refs/exps",
-                       cwd=repo).splitlines())
-    taken = sorted(existing & set(names))
+    taken = sorted(_existing_names(repo) & set(names))
     if taken:
         raise ValueError(
             f"experiments {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''} already "

@@ -24,6 +24,8 @@ TINY: dict[str, dict[str, Any]] = {
         "dci_backend": "lightgbm",
     },
     "report": {"n_kl": 128, "n_recon": 4, "traversal_steps": 5},
+    "toy": {"steps": 4, "batch_size": 32, "reg_batch_size": 16, "hidden": 8, "eval_size": 64,
+            "eval_gmg_batches": 1, "knn": 5, "epsilon": 0.05},
 }
 
 
