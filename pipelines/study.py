@@ -117,7 +117,9 @@ def select_experiments(
 ) -> list[Experiment]:
     """The experiments whose value of every ``where`` key is one of the listed values.
 
-    A key no experiment sets is an error (a misspelled key would otherwise select nothing).
+    An experiment that does not set a key matches any value of it: the unregularized baseline
+    belongs to every target and cost. A key no experiment sets is an error (a misspelled key
+    would otherwise select everything or nothing).
     """
     known = {k for e in experiments for k, _ in e.params}
     unknown = sorted(set(where) - known)
@@ -126,7 +128,7 @@ def select_experiments(
     chosen = []
     for experiment in experiments:
         params = experiment.as_dict()
-        if all(_matches(params.get(k), values) for k, values in where.items()):
+        if all(k not in params or _matches(params[k], values) for k, values in where.items()):
             chosen.append(experiment)
     return chosen
 

@@ -54,6 +54,10 @@ def test_selection_keeps_names_and_rejects_unknown_keys():
     assert len(chosen) == 2 * 2 * 3  # 2 objectives x 2 targets x 3 costs
     names = {e.name: e for e in everything}
     assert all(names[e.name] == e for e in chosen)  # same name, same params as in the full grid
+    decoder = select_experiments(everything, {"train.target": ["decoder"],
+                                              "train.cost_x": ["cosine"]})
+    plain = [e for e in decoder if e.as_dict()["train.regularizer"] == "none"]
+    assert len(plain) == 12 and len(decoder) == 12 + 2 * 2 * 3 * 2  # + {dst, gmg} x seeds x ...
     with pytest.raises(GridError, match="train.sede"):
         select_experiments(everything, {"train.sede": [0]})
 
