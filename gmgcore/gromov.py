@@ -39,7 +39,9 @@ coupling is the last finite iterate rounded onto :math:`U(p, q)` (Altschuler, We
 2017, Alg. 2), so its marginals are exact up to rounding even when ``converged`` is False.
 Convergence: the last outer step moved :math:`P` by at most ``tol`` in L1 and its marginal error
 (L1) was at most ``tol``. On CPU the loop runs through numpy on zero-copy views of the tensors
-(the same arithmetic with far less per-call overhead on small matrices).
+(the same arithmetic with far less per-call overhead on small matrices); ``4/ε`` is folded into
+``C_x`` once, and the kernel, the step residual and the Anderson history live in buffers reused
+across outer steps, so an outer step allocates only the linearisation and the new coupling.
 """
 
 from __future__ import annotations
@@ -164,11 +166,14 @@ def _check_shapes(C_x: Tensor, C_y: Tensor, init: Tensor | None) -> None:
         raise ValueError(f"init must have shape {shape}; got {tuple(init.shape)}")
 
 
-def _kernel(S: Array, g: Array, floor: float, xp: ModuleType) -> Array:
+def _kernel(S: Array, g: Array, floor: float, xp: ModuleType, out: Array | None = None) -> Array:
     """Stabilised kernel ``exp(S + g - rowmax(S + g))`` clamped below at ``exp(floor)``: rows
-    peak at 1, so the row potential is implicit and no entry is 0 or subnormal."""
-    logK = S + g
-    return xp.exp(xp.clip(logK - xp.amax(logK, axis=-1, keepdims=True), floor, None))
+    peak at 1, so the row potential is implicit and no entry is 0 or subnormal. Written into
+    ``out`` (a buffer shaped like ``S``) when given: one pass per operation, no allocation."""
+    logK = xp.add(S, g, out=out) if out is not None else S + g
+    logK -= xp.amax(logK, axis=-1, keepdims=True)
+    xp.clip(logK, floor, None, out=logK)
+    return xp.exp(logK, out=logK)
 
 
 def _sinkhorn_block(
@@ -220,13 +225,14 @@ def _newton_step(
 
 def _inner_solve(
     S: Array, g: Array, floor: float, target: float, inner_iterations: int, max_inner: int,
-    p: float, q: float, xp: ModuleType,
+    p: float, q: float, xp: ModuleType, out: Array | None = None,
 ) -> tuple[Array, Array, Array, Array, Array, int, bool]:
     """Sinkhorn on the kernel of ``S + g`` until the L1 marginal error is ≤ ``target`` or
     ``max_inner`` iterations; switches to Newton steps (each costs about m Sinkhorn iterations)
     when the observed Sinkhorn rate predicts more than ``_NEWTON_AFTER · max(m, 64)`` more.
-    Returns ``K, u, v, g, err, iterations, finite``."""
-    K = _kernel(S, g, floor, xp)
+    ``K`` is written into ``out`` (a buffer shaped like ``S``) when given. Returns ``K, u, v, g,
+    err, iterations, finite``."""
+    K = _kernel(S, g, floor, xp, out)
     u, v = xp.ones_like(S[..., :1]), xp.ones_like(g).swapaxes(-1, -2)
     done, previous, newton, allow_newton = 0, math.inf, False, True
     limit = min(math.exp(-floor / 2), 1e30)  # keeps (clamped entry) × scaling negligible
@@ -247,7 +253,7 @@ def _inner_solve(
             return K, u, v, g, err, done, False
         if hi > limit or lo < 1 / limit:  # fold v into g, rebuild K (before trusting err)
             g = g + xp.log(v).swapaxes(-1, -2)
-            K, v, newton, previous = _kernel(S, g, floor, xp), xp.ones_like(v), False, math.inf
+            K, v, newton, previous = _kernel(S, g, floor, xp, out), xp.ones_like(v), False, math.inf
             u = p / (K @ v)  # a consistent iterate in case the budget ends here
             err = xp.abs(K.swapaxes(-1, -2) @ u - q).sum(axis=(-1, -2))
             continue
@@ -260,19 +266,48 @@ def _inner_solve(
     return K, u, v, g, err, done, True
 
 
-def _anderson(xs: list[Array], fs: list[Array], xp: ModuleType) -> Array:
-    """Type-II Anderson extrapolation (Walker & Ni 2011) of the fixed-point map ``x → f(x)``
-    from its last iterates ``xs``, ``fs`` (``[B, n, m]`` each): ``Σ α_k f_k`` with ``Σ α_k = 1``
-    minimising ``‖Σ α_k (f_k − x_k)‖₂`` (ridge-regularised), per problem."""
-    F = xp.stack(fs, 1).reshape(fs[0].shape[0], len(fs), -1)
-    R = F - xp.stack(xs, 1).reshape(F.shape)
-    gram = R @ R.swapaxes(-1, -2)
-    ridge = 1e-10 if F.dtype in (np.float64, torch.float64) else 1e-5
-    scale = ridge * xp.amax(gram, axis=(-1, -2), keepdims=True) + float(xp.finfo(F.dtype).tiny)
-    gram = gram + scale * xp.eye(len(fs), dtype=F.dtype, device=F.device)[None]
-    alpha = xp.linalg.solve(gram, xp.ones_like(gram[..., :1]))
-    alpha = alpha / alpha.sum(axis=-2, keepdims=True)
-    return (alpha.swapaxes(-1, -2) @ F).reshape(fs[0].shape)
+def _empty(shape: tuple[int, ...], like: Array, xp: ModuleType) -> Array:
+    if xp is np:
+        return np.empty(shape, dtype=like.dtype)
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+class _Anderson:
+    """Type-II Anderson extrapolation (Walker & Ni 2011) of a fixed-point map ``x → f(x)`` on
+    ``[B, n, m]`` iterates: ``Σ α_k f_k`` with ``Σ α_k = 1`` minimising ``‖Σ α_k r_k‖₂``,
+    ``r_k = f_k − x_k`` (ridge-regularised), per problem, over the last ``memory`` pairs. The
+    pairs live in a preallocated ring (the combination does not depend on their order) and the
+    Gram matrix of the residuals gains one row per step."""
+
+    def __init__(self, like: Array, memory: int, xp: ModuleType) -> None:
+        B = like.shape[0]
+        self.F = _empty((B, memory, like.shape[1] * like.shape[2]), like, xp)
+        self.R = _empty(self.F.shape, like, xp)
+        self.gram = xp.zeros_like(self.F[:, :, :memory])
+        self.xp, self.memory, self.count = xp, memory, 0
+        self.ridge = 1e-10 if like.dtype in (np.float64, torch.float64) else 1e-5
+
+    def reset(self) -> None:
+        self.count = 0
+
+    def __call__(self, f: Array, r: Array) -> Array:
+        """Add the pair ``(f, r)`` and return the extrapolated next point (``f`` itself while
+        only one pair is stored)."""
+        xp, slot, B = self.xp, self.count % self.memory, f.shape[0]
+        self.F[:, slot], self.R[:, slot] = f.reshape(B, -1), r.reshape(B, -1)
+        self.count += 1
+        k = min(self.count, self.memory)
+        row = (self.R[:, slot:slot + 1] @ self.R[:, :k].swapaxes(-1, -2))[:, 0]
+        self.gram[:, slot, :k], self.gram[:, :k, slot] = row, row
+        if k == 1:
+            return f
+        gram = self.gram[:, :k, :k]
+        scale = self.ridge * xp.amax(gram, axis=(-1, -2), keepdims=True) + float(
+            xp.finfo(f.dtype).tiny)
+        gram = gram + scale * xp.eye(k, dtype=f.dtype, device=f.device)[None]
+        alpha = xp.linalg.solve(gram, xp.ones_like(gram[..., :1]))
+        alpha = alpha / alpha.sum(axis=-2, keepdims=True)
+        return (alpha.swapaxes(-1, -2) @ self.F[:, :k]).reshape(f.shape)
 
 
 def _pgd(
@@ -280,47 +315,57 @@ def _pgd(
     inner_iterations: int, max_inner: int, factors_x: Factors | None, factors_y: Factors | None,
 ) -> tuple[Array, Array, Array, int, int]:
     """Mirror-descent loop on backend arrays ``[B, n, m]``. Only the column potential ``g``
-    (units of ε, gauge-fixed to max 0) is carried between outer steps. Once the iteration is in
-    its final linear phase (change < ``_ANDERSON_START`` and shrinking), the next linearisation
-    point is Anderson-extrapolated from the last ``_ANDERSON_MEMORY`` steps; the extrapolation
-    restarts whenever the change grows. Returns the last finite Sinkhorn coupling (unrounded),
-    its marginal error and change ``[B]``, and the counts."""
+    (units of ε, gauge-fixed to max 0) is carried between outer steps, and each Sinkhorn solve
+    targets ``tol`` (inexact early solves were tried: they can change the local optimum reached
+    at small ε). Once the iteration is in its final linear phase (change <
+    ``_ANDERSON_START`` and shrinking), the next linearisation point is Anderson-extrapolated
+    from the last ``_ANDERSON_MEMORY + 1`` steps; the extrapolation restarts whenever the change
+    grows. ``4/ε`` is folded into ``C_x`` (or its first factor) once. Returns the last finite
+    Sinkhorn coupling (unrounded), its marginal error and change ``[B]``, and the counts."""
     B, n, m = x0.shape
     p, q = 1.0 / n, 1.0 / m
     floor = math.log(float(xp.finfo(x0.dtype).tiny)) + 50.0
+    scale = 4.0 / eps
+    if factors_x is not None:
+        factors_x = (factors_x[0] * scale, factors_x[1])
+    else:
+        C_x = C_x * scale
     g = x0[..., :1, :] * 0
     x = P = x0
     err, change = xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
-    scale = 4.0 / eps
+    K, work = _empty(x0.shape, x0, xp), _empty(x0.shape, x0, xp)
+    anderson = _Anderson(x0, _ANDERSON_MEMORY + 1, xp) if _ANDERSON_MEMORY else None
     outer, inner_total, last = 0, 0, math.inf
-    xs: list[Array] = []
-    fs: list[Array] = []
     while outer < max_iter:
         outer += 1
-        S = linearization(C_x, C_y, x, factors_x, factors_y) * scale
+        S = linearization(C_x, C_y, x, factors_x, factors_y)
         K, u, v, g, err, done, finite = _inner_solve(
-            S, g, floor, tol, inner_iterations, max_inner, p, q, xp
+            S, g, floor, tol, inner_iterations, max_inner, p, q, xp, K
         )
         inner_total += done
         if not finite:
             break
         g = g + xp.log(v).swapaxes(-1, -2)
         g = g - xp.amax(g, axis=-1, keepdims=True)
-        P = u * K * v.swapaxes(-1, -2)
-        change = xp.abs(P - x).sum(axis=(-1, -2))
+        P = u * K
+        P *= v.swapaxes(-1, -2)
+        r = xp.subtract(P, x, out=work)
+        change = xp.abs(r, out=K).sum(axis=(-1, -2))
         worst = float(change.max())
         if max(worst, float(err.max())) <= tol:
             break
-        if _ANDERSON_MEMORY and worst < min(last, _ANDERSON_START):
-            xs, fs = [*xs[-_ANDERSON_MEMORY:], x], [*fs[-_ANDERSON_MEMORY:], P]
+        x = P
+        if anderson is not None and worst < min(last, _ANDERSON_START):
             try:
-                x = _anderson(xs, fs, xp) if len(xs) > 1 else P
+                x = anderson(P, r)
+                if not bool(xp.isfinite(x).all()):
+                    x = P
+                    anderson.reset()
             except (np.linalg.LinAlgError, RuntimeError):  # torch's LinAlgError: RuntimeError
-                xs, fs, x = [], [], P
-            if not bool(xp.isfinite(x).all()):
-                xs, fs, x = [], [], P
-        else:
-            xs, fs, x = [], [], P
+                x = P
+                anderson.reset()
+        elif anderson is not None:
+            anderson.reset()
         last = worst
     return P, err, change, outer, inner_total
 

@@ -191,3 +191,18 @@ def test_cuda_matches_cpu() -> None:
         gpu = gromov.solve(C_x.to("cuda", dtype), C_y.to("cuda", dtype), 0.1, tol=1e-10,
                            max_iter=5000)
         torch.testing.assert_close(gpu.coupling.cpu().double(), cpu.coupling, rtol=0, atol=atol)
+
+
+def test_anderson_and_buffers_keep_the_fixed_point_and_the_inputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Anderson extrapolation (with its ring of past steps wrapping around) reaches plain PGD's
+    fixed point, and the solver's in-place buffers never write into the caller's tensors."""
+    C_x, C_y = _clouds(24, 20, seed=6)
+    saved = (C_x.clone(), C_y.clone())
+    accelerated = gromov.solve(C_x, C_y, 0.05, tol=1e-11, max_iter=5000)
+    assert torch.equal(C_x, saved[0]) and torch.equal(C_y, saved[1])
+    monkeypatch.setattr(gromov, "_ANDERSON_MEMORY", 0)
+    plain = gromov.solve(C_x, C_y, 0.05, tol=1e-11, max_iter=5000)
+    assert bool(accelerated.converged) and bool(plain.converged)
+    torch.testing.assert_close(accelerated.coupling, plain.coupling, rtol=0, atol=1e-8)
