@@ -36,6 +36,7 @@ __all__ = [
     "format_value",
     "load_grid_file",
     "parse_grid_options",
+    "read_entries",
 ]
 
 Grid = Mapping[str, Any] | Sequence[Mapping[str, Any]]
@@ -217,19 +218,29 @@ def default_sweep_name(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime("sweep-%Y%m%d-%H%M%S")
 
 
-def load_grid_file(path: Path) -> tuple[Grid, str | None]:
-    """Read ``grid:`` and the optional ``name:`` from a YAML file."""
+def read_entries(
+    path: Path, what: str, required: set[str], optional: set[str] = frozenset()
+) -> dict[str, Any]:
+    """A YAML mapping with the ``required`` entries and no others but ``optional`` ones."""
     if not path.is_file():
-        raise GridError(f"{path}: grid file not found")
+        raise GridError(f"{path}: {what} file not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise GridError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(data, dict) or "grid" not in data:
-        raise GridError(f"{path}: expected a mapping with a 'grid' entry")
-    unknown = set(data) - {"grid", "name"}
-    if unknown:
-        raise GridError(f"{path}: unknown entries {sorted(unknown)} (allowed: grid, name)")
+    if not isinstance(data, dict):
+        raise GridError(f"{path}: expected a mapping with {', '.join(sorted(required))}")
+    unknown, missing = set(data) - required - optional, required - set(data)
+    if unknown or missing:
+        allowed = ", ".join(sorted(required | optional))
+        raise GridError(f"{path}: unknown entries {sorted(unknown)}, missing {sorted(missing)} "
+                        f"(allowed: {allowed})")
+    return data
+
+
+def load_grid_file(path: Path) -> tuple[Grid, str | None]:
+    """Read ``grid:`` and the optional ``name:`` from a YAML file."""
+    data = read_entries(path, "grid", {"grid"}, {"name"})
     name = data.get("name")
     if name is not None and not isinstance(name, str):
         raise GridError(f"{path}: 'name' must be a string")

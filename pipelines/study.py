@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from pipelines.grid import Experiment, GridError, check_name, expand_grid
+from pipelines.grid import Experiment, GridError, check_name, expand_grid, read_entries
 
 __all__ = [
     "Study",
@@ -58,18 +57,7 @@ class Study:
 
 def load_study(path: Path) -> Study:
     """Read and check a study file; errors name the file and the entry."""
-    if not path.is_file():
-        raise GridError(f"{path}: study file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise GridError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(data, dict):
-        raise GridError(f"{path}: expected a mapping with name, axes, grid and profiles")
-    unknown = set(data) - {"name", "axes", "grid", "profiles", "seed"}
-    missing = {"name", "grid", "profiles"} - set(data)
-    if unknown or missing:
-        raise GridError(f"{path}: unknown entries {sorted(unknown)}, missing {sorted(missing)}")
+    data = read_entries(path, "study", {"name", "grid", "profiles"}, {"axes", "seed"})
     name = data["name"]
     if not isinstance(name, str):
         raise GridError(f"{path}: 'name' must be a string")
