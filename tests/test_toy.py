@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from gmgcore import toy
+from stages import toy as toy_stage
 
 F64 = torch.float64
 
@@ -182,7 +183,7 @@ TINY = {
 
 
 def test_stage_writes_png_and_json_reproducibly(tmp_path):
-    stage = pytest.importorskip("stages.toy", reason="needs gmgcore.gap")
+    stage = toy_stage
     cfg = stage.ToyConfig(**TINY)
     first = stage.run(cfg, tmp_path / "toy")
     files = sorted(p.name for p in (tmp_path / "toy").iterdir())
@@ -202,15 +203,15 @@ def test_stage_writes_png_and_json_reproducibly(tmp_path):
 
 
 def test_stage_rejects_inconsistent_config(tmp_path):
-    stage = pytest.importorskip("stages.toy", reason="needs gmgcore.gap")
+    stage = toy_stage
     with pytest.raises(ValueError, match="reg_batch_size"):
         stage.run(stage.ToyConfig(**{**TINY, "reg_batch_size": 64}), tmp_path / "toy")
     assert not (tmp_path / "toy").exists()
 
 
 def test_cli_command_runs_the_stage(tmp_path):
-    stage = pytest.importorskip("stages.toy", reason="needs gmgcore.gap")
-    typer = pytest.importorskip("typer")
+    stage = toy_stage
+    import typer
     from typer.testing import CliRunner
 
     app = typer.Typer()
@@ -232,7 +233,7 @@ def test_cli_command_runs_the_stage(tmp_path):
 def test_params_yaml_section_matches_the_config():
     """The repository's ``toy`` section loads (every key, no unknown key) and equals the
     defaults in code, so ``gmg toy`` reproduces docs/toy.md."""
-    stage = pytest.importorskip("stages.toy", reason="needs gmgcore.gap")
+    stage = toy_stage
     from stages.params import load_section
 
     path = Path(__file__).resolve().parents[1] / "params.yaml"
