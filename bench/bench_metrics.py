@@ -17,6 +17,7 @@ with a fixed linear encoder, so their times are the metrics' own cost without a 
 network. Run::
 
     .venv/bin/python bench/bench_metrics.py [--quick] [--kind mixed] [--n-jobs 1]
+    .venv/bin/python bench/bench_metrics.py --embeddings data/embeddings.parquet  # a real model
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -105,11 +107,18 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=1, help="DCI factors fitted in parallel")
     parser.add_argument("--no-exact", action="store_true", help="skip the slow exact DCI")
     parser.add_argument("--no-sampling", action="store_true", help="skip FactorVAE/BetaVAE")
+    parser.add_argument("--embeddings", type=Path, help="codes of a trained model instead: an "
+                        "embed-stage Parquet file (mu_* columns + factor columns)")
     args = parser.parse_args()
     n_train, n_test = (2000, 1000) if args.quick else (10000, 5000)
-    z_tr, y_tr = synthetic(n_train, 0, args.kind)
-    z_te, y_te = synthetic(n_test, 1, args.kind)
-    print(f"{args.kind} codes, {n_train}/{n_test} samples, 10 codes x factor sizes {SIZES}")
+    if args.embeddings is not None:
+        z_tr, y_tr, z_te, y_te = embedded(args.embeddings, n_train, n_test)
+        args.no_sampling = True  # the sampling scores need the model, not its codes
+        print(f"codes of {args.embeddings}, {n_train}/{n_test} samples")
+    else:
+        z_tr, y_tr = synthetic(n_train, 0, args.kind)
+        z_te, y_te = synthetic(n_test, 1, args.kind)
+        print(f"{args.kind} codes, {n_train}/{n_test} samples, 10 codes x factor sizes {SIZES}")
     split = (z_tr, y_tr, z_te, y_te)
     rows = [
         ("mig", lambda: metrics.mig(z_tr, y_tr)),
@@ -149,6 +158,21 @@ def main() -> None:
         )
         worst = max(abs(fast[k] - exact[k]) for k in ("disentanglement", "completeness"))
         print(f"target |dD|, |dC| <= 0.02: {'met' if worst <= 0.02 else 'MISSED'}")
+
+
+def embedded(path: Path, n_train: int, n_test: int):
+    """Train and test codes and factors from an embed table (seeded split, constant factors
+    dropped as disentanglement_lib does)."""
+    frame = pd.read_parquet(path)
+    mu = sorted((c for c in frame.columns if c.startswith("mu_")), key=lambda c: int(c[3:]))
+    names = [c for c in frame.columns if not c.startswith(("mu_", "logvar_"))]
+    if len(frame) < n_train + n_test:
+        raise SystemExit(f"{path}: {len(frame)} rows, fewer than {n_train} + {n_test}")
+    rows = np.random.default_rng(0).permutation(len(frame))
+    codes, factors = frame[mu].to_numpy(np.float64), frame[names].to_numpy(np.int64)
+    factors = factors[:, [j for j in range(factors.shape[1]) if len(set(factors[:, j])) > 1]]
+    tr, te = rows[:n_train], rows[n_train:n_train + n_test]
+    return codes[tr], factors[tr], codes[te], factors[te]
 
 
 def _rng() -> np.random.Generator:
