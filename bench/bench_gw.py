@@ -17,7 +17,8 @@ Part 2: one β-VAE training step at batch 64 (dlib_conv encoder/decoder, Bernoul
 with and without λ·GMG on the decoder (z → sigmoid(logits), default fixed budget), steps
 interleaved, medians; and GMG forward + backward alone.
 
-Usage: ``.venv/bin/python bench/bench_gw.py [--quick] [--threads N] [--repeats R]``. On a
+Usage: ``.venv/bin/python bench/bench_gw.py [--quick] [--threads N] [--repeats R]
+[--sizes N ...] [--eps0 E ...] [--parts solver autograd step]``. On a
 machine shared with other jobs use ``--threads 1``: with 2 threads on busy cores, OpenMP/BLAS
 contention slows every small kernel several-fold (measured 10× on the n = 512 solve).
 """
@@ -97,7 +98,8 @@ def at_equal_accuracy(C_x: torch.Tensor, C_y: torch.Tensor, eps: float, reps: in
     return t, ours_tol, res, err
 
 
-def solver_vs_pot(sizes: list[int], repeats: int, tol: float) -> None:
+def solver_vs_pot(sizes: list[int], repeats: int, tol: float,
+                  eps0s: tuple[float, ...] = (0.1, 0.01)) -> None:
     """POT at ``tol``; this solver (fp64, same matrices) at equal accuracy (see
     :func:`at_equal_accuracy`), dense and with the latent side in low-rank form (as
     :func:`gmgcore.gap.gromov_monge_gap` passes it); and the fast configuration (fp32,
@@ -112,7 +114,7 @@ def solver_vs_pot(sizes: list[int], repeats: int, tol: float) -> None:
         C_x, C_y = costs.pairwise_cost(z, COST), costs.pairwise_cost(images, COST)
         factors = costs.pairwise_cost_factors(z, COST)
         f32 = tuple(t.float() for t in factors)
-        for eps0 in (0.1, 0.01):
+        for eps0 in eps0s:
             eps = 2 * eps0 * float(C_x.mean() * C_y.mean())
             ref = gromov.solve(C_x, C_y, eps, tol=1e-9, max_iter=20000, factors_x=factors)
             reps = repeats if n <= 128 else max(1, repeats // 3)
@@ -236,16 +238,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch / BLAS threads")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--sizes", type=int, nargs="+", help="n of part 1 (default by --quick)")
+    parser.add_argument("--eps0", type=float, nargs="+", default=[0.1, 0.01], help="part 1")
+    parser.add_argument("--parts", nargs="+", choices=["solver", "autograd", "step"],
+                        default=["solver", "autograd", "step"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)  # numpy's BLAS, used by the solver and by POT
     repeats = args.repeats or (3 if args.quick else 7)
-    sizes = [64, 128] if args.quick else [64, 128, 256, 512]
+    sizes = args.sizes or ([64, 128] if args.quick else [64, 128, 256, 512])
     print(f"torch {torch.__version__}, POT {ot.__version__}, threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f} (start)")
-    solver_vs_pot(sizes, repeats, args.tol)
-    autograd_vs_envelope([64] if args.quick else [64, 128], repeats, args.tol)
-    vae_step_overhead(repeats)
+    if "solver" in args.parts:
+        solver_vs_pot(sizes, repeats, args.tol, tuple(args.eps0))
+    if "autograd" in args.parts:
+        autograd_vs_envelope([64] if args.quick else [64, 128], repeats, args.tol)
+    if "step" in args.parts:
+        vae_step_overhead(repeats)
     print(f"\nload average {os.getloadavg()[0]:.1f} (end)")
 
 
