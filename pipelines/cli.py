@@ -229,8 +229,10 @@ def study_command(
             if debug:
                 raise
             _fail(f"{type(err).__name__}: {err}", 1)
-        if outcomes:
-            _print_outcomes(outcomes)
+    else:
+        outcomes = []
+    if outcomes:
+        _print_outcomes(outcomes)
     try:
         written = _write_study_table(root, study, everything, table)
     except Exception as err:  # noqa: BLE001
@@ -238,6 +240,9 @@ def study_command(
             raise
         _fail(f"{type(err).__name__}: {err}", 1)
     typer.echo(f"{written} configurations written to {table}.parquet and {table}.md")
+    failed = [o["name"] for o in outcomes if o["status"] != "succeeded"]
+    if failed:
+        _fail(f"{len(failed)} of {len(outcomes)} experiments failed: {', '.join(failed)}", 1)
 
 
 def _write_study_table(root: Path, study: Any, experiments: list[Any], table: Path) -> int:
@@ -252,7 +257,10 @@ def _write_study_table(root: Path, study: Any, experiments: list[Any], table: Pa
     results = results[results["experiment"].isin({e.name for e in experiments})]
     table.parent.mkdir(parents=True, exist_ok=True)
     write_results(summary, table.with_suffix(".parquet"))
-    baselines = ", ".join(sorted(set(results["baseline"].astype(str))))
+    from pipelines.dvctools import git
+
+    baselines = ", ".join(sorted({git("rev-parse", "--short=10", f"{rev}^{{commit}}", cwd=root)
+                                  for rev in set(results["baseline"].astype(str))}))
     write_text(table.with_suffix(".md"), (
         f"{len(results)} experiments `{prefix}*` (baseline commits: {baselines}); mean ± sample "
         "std over seeds.\n\n" + table_markdown(summary)))
