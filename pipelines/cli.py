@@ -233,14 +233,16 @@ def study_command(
         outcomes = []
     if outcomes:
         _print_outcomes(outcomes)
+    failed = [o["name"] for o in outcomes if o["status"] != "succeeded"]
     try:
         written = _write_study_table(root, study, everything, table)
+        typer.echo(f"{written} configurations written to {table}.parquet and {table}.md")
     except Exception as err:  # noqa: BLE001
         if debug:
             raise
-        _fail(f"{type(err).__name__}: {err}", 1)
-    typer.echo(f"{written} configurations written to {table}.parquet and {table}.md")
-    failed = [o["name"] for o in outcomes if o["status"] != "succeeded"]
+        if not failed:
+            _fail(f"{type(err).__name__}: {err}", 1)
+        typer.secho(f"no table: {err}", fg=typer.colors.YELLOW, err=True)
     if failed:
         _fail(f"{len(failed)} of {len(outcomes)} experiments failed: {', '.join(failed)}", 1)
 

@@ -118,7 +118,8 @@ def test_study_flow_runs_two_experiments_then_resumes_without_rerunning(
     repo = tiny_project(reproduce=True)
     (repo / "study.yaml").write_text(
         "name: tiny\nseed: embed.add\naxes: {embed.add: [100, 300]}\n"
-        "grid: [{train.add: 20}]\nprofiles: {quick: {evaluate.add: 2000}}\n")
+        "grid: [{train.add: 20}]\n"
+        "profiles: {quick: {evaluate.add: 2000}, broken: {train.fail: true}}\n")
     table = tmp_path / "out" / "table"
     args = ["study", "--root", str(repo), "--study", "study.yaml", "--profile", "quick",
             "--workers", "2", "--table", str(table)]
@@ -140,3 +141,10 @@ def test_study_flow_runs_two_experiments_then_resumes_without_rerunning(
 
     bad = CliRunner().invoke(cli(), [*args, "--where", "embed.ad=100"])
     assert bad.exit_code == 2 and "embed.ad" in bad.output
+
+    # A failing experiment is reported and the command exits 1; nothing is tabled for it.
+    broken = [*args[:6], "broken", "--retries", "0", "--where", "embed.add=100",
+              "--table", str(tmp_path / "broken")]
+    failed = CliRunner().invoke(cli(), broken, env={"COLUMNS": "250"})
+    assert failed.exit_code == 1, failed.output
+    assert "1 of 1 experiments failed: tiny-broken-000" in failed.output
