@@ -198,7 +198,13 @@ def study_command(
 ) -> None:
     """Run a named study (a grid with a budget profile) on the sweep flow; write its table."""
     _telemetry_off()
-    from pipelines.study import load_study, select_experiments, study_experiments
+    from pipelines.study import (
+        load_study,
+        select_experiments,
+        study_experiments,
+        study_grid,
+        study_name,
+    )
 
     try:
         study = load_study(root / study_file if not study_file.is_absolute() else study_file)
@@ -207,7 +213,6 @@ def study_command(
         check_keys_exist(root, chosen)
     except GridError as err:
         _fail(str(err), 2)
-    prefix = f"{study.name}-{profile}-"
     typer.echo(f"study {study.name}, profile {profile}: {len(chosen)} of {len(everything)} "
                "experiments selected")
     if dry_run:
@@ -219,10 +224,10 @@ def study_command(
 
         logging.getLogger("distributed").setLevel(logging.WARNING)
         runner = dask_task_runner(workers=workers, address=address)
-        grid = [{**study.axes, **sub, **study.profiles[profile]} for sub in study.grid]
         try:
             outcomes = sweep.with_options(task_runner=runner)(
-                grid=grid, root=str(root), name=prefix[:-1], retries=retries,
+                grid=study_grid(study, profile), root=str(root), name=study_name(study, profile),
+                retries=retries,
                 only=[e.name for e in chosen], skip_existing=True,
             )
         except Exception as err:  # noqa: BLE001
@@ -235,7 +240,7 @@ def study_command(
         _print_outcomes(outcomes)
     failed = [o["name"] for o in outcomes if o["status"] != "succeeded"]
     try:
-        written = _write_study_table(root, study, everything, table)
+        written = _write_study_table(root, study, profile, everything, table)
         typer.echo(f"{written} configurations written to {table}.parquet and {table}.md")
     except Exception as err:  # noqa: BLE001
         if debug:
@@ -247,13 +252,15 @@ def study_command(
         _fail(f"{len(failed)} of {len(outcomes)} experiments failed: {', '.join(failed)}", 1)
 
 
-def _write_study_table(root: Path, study: Any, experiments: list[Any], table: Path) -> int:
+def _write_study_table(
+    root: Path, study: Any, profile: str, experiments: list[Any], table: Path
+) -> int:
     """Aggregate the study's finished experiments (of any baseline commit) into the table."""
     from pipelines.results import collect_results, write_results
-    from pipelines.study import study_table, table_markdown
+    from pipelines.study import study_name, study_table, table_markdown
     from stages.atomic import write_text
 
-    prefix = experiments[0].name.rsplit("-", 1)[0] + "-"
+    prefix = f"{study_name(study, profile)}-"
     results = collect_results(root, all_commits=True, prefix=prefix)
     summary = study_table(study, experiments, results)
     results = results[results["experiment"].isin({e.name for e in experiments})]

@@ -25,6 +25,8 @@ __all__ = [
     "load_study",
     "select_experiments",
     "study_experiments",
+    "study_grid",
+    "study_name",
     "study_table",
     "table_markdown",
 ]
@@ -86,8 +88,9 @@ def load_study(path: Path) -> Study:
     return study
 
 
-def study_experiments(study: Study, profile: str) -> list[Experiment]:
-    """Every experiment of ``study`` under ``profile``, named ``<name>-<profile>-<index>``."""
+def study_grid(study: Study, profile: str) -> list[dict[str, Any]]:
+    """The sweep grid of ``study`` under ``profile``: each sub-grid with the axes and the
+    profile's fixed values."""
     if profile not in study.profiles:
         raise GridError(
             f"{study.path}: unknown profile {profile!r} (profiles: {', '.join(study.profiles)})"
@@ -96,8 +99,17 @@ def study_experiments(study: Study, profile: str) -> list[Experiment]:
     overlap = sorted(set(fixed) & ({*study.axes} | {k for g in study.grid for k in g}))
     if overlap:
         raise GridError(f"{study.path}: profile {profile!r} also sets grid keys {overlap}")
-    grid = [{**study.axes, **sub, **fixed} for sub in study.grid]
-    return expand_grid(grid, f"{study.name}-{profile}")
+    return [{**study.axes, **sub, **fixed} for sub in study.grid]
+
+
+def study_name(study: Study, profile: str) -> str:
+    """The sweep name, and prefix of every experiment name: ``<name>-<profile>``."""
+    return f"{study.name}-{profile}"
+
+
+def study_experiments(study: Study, profile: str) -> list[Experiment]:
+    """Every experiment of ``study`` under ``profile``, named ``<name>-<profile>-<index>``."""
+    return expand_grid(study_grid(study, profile), study_name(study, profile))
 
 
 def select_experiments(
