@@ -21,7 +21,7 @@ TINY: dict[str, dict[str, Any]] = {
         "metrics": ["dci", "mig", "sap", "modularity_explicitness"],
         "num_train": 600,
         "num_test": 300,
-        "dci_backend": "lightgbm",
+        "dci_backend": "fast",
     },
     "report": {"n_kl": 128, "n_recon": 4, "traversal_steps": 5},
     "toy": {"steps": 4, "batch_size": 32, "reg_batch_size": 16, "hidden": 8, "eval_size": 64,
