@@ -204,32 +204,40 @@ def vae_step_overhead(repeats: int) -> None:
         opt.step()
         return 1e3 * (time.perf_counter() - start)
 
+    configs = [(cost, eps0) for cost in ("scaled_sqeuclidean", "cosine") for eps0 in (0.1, 0.01)]
     for _ in range(3):
         step(None, 0.1)
-    for cost in ("scaled_sqeuclidean", "cosine"):
-        for eps0 in (0.1, 0.01):
+        for cost, eps0 in configs:
             step(cost, eps0)
-            base, with_gmg = [], []
-            for _ in range(repeats * 2):
-                base.append(step(None, eps0))
-                with_gmg.append(step(cost, eps0))
-            b, w = statistics.median(base), statistics.median(with_gmg)
-            with torch.no_grad():
-                out = model(x)
-            z, xhat = out.z.detach(), torch.sigmoid(out.logits).detach()
+    # Round robin: every round times one plain step and one step of each configuration, so
+    # that the machine's drifting speed affects them all alike (its step time wanders by
+    # ±20 % from minute to minute).
+    times: dict = {None: [], **{c: [] for c in configs}}
+    for _ in range(repeats * 2):
+        times[None].append(step(None, 0.1))
+        for cost, eps0 in configs:
+            times[cost, eps0].append(step(cost, eps0))
+    b = statistics.median(times[None])
+    for cost, eps0 in configs:
+        w = statistics.median(times[cost, eps0])
+        paired = statistics.median(x / y for x, y in zip(times[cost, eps0], times[None],
+                                                         strict=True))
+        with torch.no_grad():
+            out = model(x)
+        z, xhat = out.z.detach(), torch.sigmoid(out.logits).detach()
 
-            t_gmg, (res, grad) = timed(gmg_forward_backward, repeats * 2, z, xhat, cost, eps0)
-            ref, ref_grad = gmg_forward_backward(z.double(), xhat.double(), cost, eps0,
-                                                 tol=1e-9, max_iter=20000, max_inner=20000)
-            value, ref_value = float(res.value.detach()), float(ref.value.detach())
-            dv = abs(value - ref_value) / max(abs(ref_value), 1e-12)
-            dg = float((grad.double() - ref_grad).norm() / ref_grad.norm().clamp(min=1e-30))
-            print(f"{cost:>18} eps0={eps0:<5}: step {b:6.1f} ms, with GMG {w:6.1f} ms "
-                  f"(+{100 * (w / b - 1):5.1f} %); GMG fwd+bwd alone {t_gmg:5.1f} ms "
-                  f"({100 * t_gmg / b:4.1f} % of a step); default budget: "
-                  f"{res.iterations} outer / {res.inner_iterations} inner, converged="
-                  f"{res.converged}, value {value:+.3e} (rel. err {dv:.1e} vs "
-                  f"converged fp64), grad rel. err {dg:.1e}", flush=True)
+        t_gmg, (res, grad) = timed(gmg_forward_backward, repeats * 2, z, xhat, cost, eps0)
+        ref, ref_grad = gmg_forward_backward(z.double(), xhat.double(), cost, eps0,
+                                             tol=1e-9, max_iter=20000, max_inner=20000)
+        value, ref_value = float(res.value.detach()), float(ref.value.detach())
+        dv = abs(value - ref_value) / max(abs(ref_value), 1e-12)
+        dg = float((grad.double() - ref_grad).norm() / ref_grad.norm().clamp(min=1e-30))
+        print(f"{cost:>18} eps0={eps0:<5}: step {b:6.1f} ms, with GMG {w:6.1f} ms "
+              f"(+{100 * (w / b - 1):5.1f} %; median paired ratio +{100 * (paired - 1):5.1f} %); "
+              f"GMG fwd+bwd alone {t_gmg:5.1f} ms ({100 * t_gmg / b:4.1f} % of a step); default "
+              f"budget: {res.iterations} outer / {res.inner_iterations} inner, converged="
+              f"{res.converged}, value {value:+.3e} (rel. err {dv:.1e} vs "
+              f"converged fp64), grad rel. err {dg:.1e}", flush=True)
 
 
 def main() -> None:

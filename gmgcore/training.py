@@ -67,7 +67,9 @@ class NonFiniteLossError(ValueError):
 class TrainSpec:
     """Optimisation settings. Steps are counted from 1; a log row is written at every multiple
     of ``log_every`` (the mean of the terms since the previous row) and at the last step; a
-    checkpoint at every multiple of ``checkpoint_every`` and at the last step."""
+    checkpoint at every multiple of ``checkpoint_every`` and at the last step. ``precision``:
+    the model's forward pass under bf16 autocast (``"bf16"``), in float32 (``"fp32"``), or
+    ``"auto"``: bf16 on CUDA, float32 elsewhere. Losses and regularizers are always float32."""
 
     steps: int
     lr: float = 1e-4
@@ -76,11 +78,14 @@ class TrainSpec:
     log_every: int = 10
     discriminator_lr: float = 1e-4
     discriminator_betas: tuple[float, float] = (0.5, 0.9)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("steps", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
 
 
 class TrainResult(NamedTuple):
@@ -89,6 +94,9 @@ class TrainResult(NamedTuple):
     model: VAE
     discriminator: nn.Module | None
     rows: list[Row]
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -196,10 +204,9 @@ class _Parts:
             self.opt_d = torch.optim.Adam(
                 self.disc.parameters(), lr=spec.discriminator_lr, betas=spec.discriminator_betas
             )
+        bf16 = spec.precision == "bf16" or (spec.precision == "auto" and dev.type == "cuda")
         self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if dev.type == "cuda"
-            else contextlib.nullcontext()
+            torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         )
 
     def update(self, x: torch.Tensor, gen: torch.Generator, step: int, last: int | None) -> Row:

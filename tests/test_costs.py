@@ -40,6 +40,22 @@ def test_costs_match_direct_formulas(kind: str, center: bool) -> None:
     torch.testing.assert_close(C, C.T, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kind", costs.COST_NAMES)
+@pytest.mark.parametrize("center", [False, True])
+def test_cost_gradients_match_the_direct_formulas(kind: str, center: bool) -> None:
+    # The Gram matrix has its own backward pass; compare it with autograd through the
+    # explicit pairwise formula, for a random upstream gradient.
+    x = _cloud(n=6) + 2.0
+    W = torch.randn(6, 6, generator=torch.Generator().manual_seed(3), dtype=F64)
+    grads = []
+    for fn in (lambda v: costs.pairwise_cost(v, kind, center=center), lambda v: _direct(v, kind,
+                                                                                       center)):
+        v = x.clone().requires_grad_(True)
+        (fn(v) * W).sum().backward()
+        grads.append(v.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-10)
+
+
 def test_sqeuclidean_invariances() -> None:
     x = _cloud(shape=(5,))
     Q, _ = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(1), dtype=F64))

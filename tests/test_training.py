@@ -107,6 +107,28 @@ def test_conv_models_train_with_decoder_gmg(arch: str) -> None:
     assert {"reconstruction", "kl", "gmg", "dst", "gw"} <= set(result.rows[-1])
 
 
+def test_bf16_autocast_path_trains_with_float32_losses() -> None:
+    # The path CUDA takes by default ("auto"), forced on CPU: the conv forward runs in bf16,
+    # the outputs are cast back, and every term (GMG included) is computed in float32.
+    images = np.zeros((8, 64, 64), np.uint8)
+    images[:, 20:40, 10:30] = 255
+    model = build_seeded({"architecture": "dlib_conv", "observation_shape": [64, 64]}, 0)
+    seen = []
+    model.decoder.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    result = train(
+        model,
+        _batches(images, 4),
+        ObjectiveSpec(),
+        RegularizerSpec(kind="gmg", gap_options=FAST),
+        TrainSpec(steps=2, log_every=1, precision="bf16"),
+    )
+    assert seen and all(dtype == torch.bfloat16 for dtype in seen)
+    assert all(np.isfinite(v) for row in result.rows for v in row.values())
+    assert next(model.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        TrainSpec(steps=1, precision="fp16")
+
+
 def test_loss_falls_on_a_toy() -> None:
     model = build_seeded(MLP, 0)
     result = train(
