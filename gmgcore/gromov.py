@@ -234,10 +234,11 @@ def _inner_solve(
     err, iterations, finite``."""
     K = _kernel(S, g, floor, xp, out)
     u, v = xp.ones_like(S[..., :1]), xp.ones_like(g).swapaxes(-1, -2)
-    done, previous, newton, allow_newton = 0, math.inf, False, True
+    done, previous, newton, allow_newton, refolded = 0, math.inf, False, True, False
     limit = min(math.exp(-floor / 2), 1e30)  # keeps (clamped entry) × scaling negligible
-    while done < max_inner:
-        count = 1 if newton else min(inner_iterations, max_inner - done)
+    budget = max_inner
+    while done < budget:
+        count = 1 if newton else min(inner_iterations, budget - done)
         if newton:
             try:
                 u, v, err = _newton_step(K, K.swapaxes(-1, -2), u, v, p, q, xp)
@@ -256,6 +257,11 @@ def _inner_solve(
             K, v, newton, previous = _kernel(S, g, floor, xp, out), xp.ones_like(v), False, math.inf
             u = p / (K @ v)  # a consistent iterate in case the budget ends here
             err = xp.abs(K.swapaxes(-1, -2) @ u - q).sum(axis=(-1, -2))
+            if done >= budget and not refolded:
+                # The fold restarted the scalings at the end of the budget: one more block, so
+                # that the step does not end on a single half-iteration. In fp32 a sharp
+                # coupling folds at the end of every outer step of a small fixed budget.
+                budget, refolded = done + inner_iterations, True
             continue
         if worst <= target:
             break
@@ -407,7 +413,10 @@ def solve(
         inner_iterations: Sinkhorn iterations between two marginal-error checks.
         max_inner: Sinkhorn budget per outer step (a Newton step counts as one). Setting
             ``max_inner == inner_iterations`` gives a fixed budget of ``max_iter × max_inner``
-            Sinkhorn iterations without Newton steps.
+            Sinkhorn iterations without Newton steps. When the scalings are folded into the
+            potential at the very end of the budget (large scalings; in fp32 past ~1e8), one
+            more block of ``inner_iterations`` follows, so a step can cost up to
+            ``max_inner + inner_iterations``.
         factors_x, factors_y: optional ``(A, B)`` with ``C = A Bᵀ`` (``[.., n, r]``), used only
             for the linearisation ``C_x P C_yᵀ`` (see :func:`gmgcore.costs.pairwise_cost_factors`).
         backend: "auto" iterates through numpy on CPU and through torch elsewhere.

@@ -150,7 +150,8 @@ def test_default_budget_in_fp32_is_finite_on_image_batches(eps0: float) -> None:
     for cost in ("scaled_sqeuclidean", "cosine"):
         res = gap.gromov_monge_gap(z, images, cost, cost, eps0)
         assert res.value.dtype == torch.float32 and torch.isfinite(res.value)
-        assert res.iterations <= 20 and res.inner_iterations <= 100
+        # 20 outer steps of 5 iterations, plus at most one block per step after a fold
+        assert res.iterations <= 20 and res.inner_iterations <= 2 * 100
         (grad,) = torch.autograd.grad(res.value, images)
         assert torch.isfinite(grad).all()
         torch.testing.assert_close(res.coupling.sum(1), torch.full((64,), 1 / 64), rtol=1e-4,
