@@ -85,7 +85,9 @@ def dci(
     its absolute feature importances form column ``j`` of ``R`` ``[n_codes, n_factors]``
     (each column sums to 1, or is 0 when no split was possible). ``informativeness_train`` and
     ``informativeness_test`` are mean accuracies over factors. ``seed`` fixes the trees'
-    tie-breaking (disentanglement_lib leaves it unseeded); ``n_jobs`` fits factors in parallel.
+    tie-breaking (disentanglement_lib leaves it unseeded). ``n_jobs`` threads fit the factors
+    in parallel (``"exact"``) or grow the classes' trees of a boosting round in parallel
+    (``"fast"``); the results do not depend on it.
     Factors with a single value in ``factors_train`` are dropped with a warning.
     """
     z_tr, y_tr, z_te, y_te = check_split(codes_train, factors_train, codes_test, factors_test)
