@@ -19,15 +19,17 @@ approximation", Algorithm 6 for K classes):
   normalized to sum to 1. This equals ``feature_importances_``, whose per-tree normalization
   divides every tree by the same n.
 
-The speed comes from presorting each code once. A tree level then costs one pass per code over
-the sorted order, for all nodes of the level at once, where scikit-learn re-sorts every node.
-Two things differ from scikit-learn:
+The speed comes from sorting each code once, where scikit-learn sorts every node again. A tree
+level costs one pass per code over each node's contiguous, sorted samples. The rows are then
+stably partitioned, branch-free, into the children's segments. The trees of one round are grown
+on several threads (:func:`fit`). Two things differ from scikit-learn:
 
 * Exact ties between splits on different codes (a 2-sample node splits the same way on every
   code) go to the code with the lower random priority, drawn per node from ``seed``.
   scikit-learn keeps the first of the tied codes in a random visiting order drawn from
   ``random_state``. The choice is just as uniform, but the draws differ.
-* Sums run left to right; scikit-learn sometimes subtracts from the node total instead.
+* Sums run left to right, and the proxy's numerator is computed as :math:`c S_L - n_L S`;
+  scikit-learn sometimes subtracts from the node total instead.
 
 Both only matter for exact ties or rounding-level near-ties. The deviation from
 scikit-learn is measured in docs/metrics.md.
