@@ -46,7 +46,7 @@ def _centered(x: Tensor) -> Tensor:
 
 
 class _Gram(torch.autograd.Function):
-    """:math:`G = X_c X_c^\top` with :math:`X_c = X - 1\bar x^\top` (``center``) or ``X``.
+    r""":math:`G = X_c X_c^\top` with :math:`X_c = X - 1\bar x^\top` (``center``) or ``X``.
 
     The backward pass is :math:`dX_c = (dG + dG^\top) X_c`, then centred again: one matrix
     product instead of autograd's two, and no ``[n, d]`` temporaries for the mean's and the
