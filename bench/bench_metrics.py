@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="factors the exact DCI fits in parallel (1: as disentanglement_lib)")
     parser.add_argument("--fast-jobs", type=int, default=2,
-                        help="factors the fast DCI fits in parallel")
+                        help="threads of the fast DCI (the classes of a round in parallel)")
     parser.add_argument("--no-exact", action="store_true", help="skip the slow exact DCI")
     parser.add_argument("--no-sampling", action="store_true", help="skip FactorVAE/BetaVAE")
     parser.add_argument("--embeddings", type=Path, help="codes of a trained model instead: an "

@@ -50,8 +50,7 @@ def test_one_tree_matches_scikit_learn_split_for_split() -> None:
     r = x[:, 0] + np.random.default_rng(1).normal(size=300)  # continuous: no tied partitions
     x32 = x.astype(np.float32).astype(np.float64)
     n, d = x.shape
-    order = np.ascontiguousarray(np.argsort(x32, axis=0, kind="stable").T.astype(np.int32))
-    xs = np.ascontiguousarray(np.take_along_axis(x32, order.T, axis=0).T.astype(np.float32))
+    order, xs = trees.presort(x32)
     feature, threshold = np.zeros(7, np.int64), np.zeros(7)
     slot, importance = np.zeros(n, np.int64), np.zeros(d)
     trees._grow(

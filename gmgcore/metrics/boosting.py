@@ -86,7 +86,8 @@ def importance_matrix(
 ) -> ImportanceFit:
     """Fit one classifier per factor on all codes and collect importances and accuracies.
 
-    ``n_jobs`` threads fit different factors at the same time.
+    ``n_jobs`` threads fit different factors (``"exact"``) or the classes of one boosting round
+    (``"fast"``) at the same time.
 
     ``codes_*`` ``[n, n_codes]`` float, ``factors_*`` ``[n, n_factors]`` class indices, each
     factor with at least two classes in the training split. Column ``j`` of the importance

@@ -294,6 +294,13 @@ def _float32_values(codes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(codes, dtype=np.float32).astype(np.float64)
 
 
+def presort(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each code's sample order ``[d, n]`` (int32, stable) and its sorted values ``[d, n]``
+    (float32) for the float32-cast codes ``x`` ``[n, d]``."""
+    order = np.ascontiguousarray(np.argsort(x, axis=0, kind="stable").T.astype(np.int32))
+    return order, np.ascontiguousarray(np.take_along_axis(x, order.T, axis=0).T.astype(np.float32))
+
+
 def _targets_and_init(label: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Targets ``[n, T]`` and scikit-learn's prior init ``[T]`` (priors clipped to float32's
     eps; log-odds for two classes, else log priors: equal to scikit-learn's symmetric logits up
@@ -318,8 +325,7 @@ def fit(
         raise ValueError(f"boosting needs at least two classes; got {n_classes}")
     x = _float32_values(codes)
     n, d = x.shape
-    order = np.ascontiguousarray(np.argsort(x, axis=0, kind="stable").T.astype(np.int32))
-    xs = np.ascontiguousarray(np.take_along_axis(x, order.T, axis=0).T.astype(np.float32))
+    order, xs = presort(x)
     xT = np.ascontiguousarray(x.T)
     target, init = _targets_and_init(label, n_classes)
     target, t = np.ascontiguousarray(target.T), target.shape[1]
