@@ -55,6 +55,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gmgcore import gromov_cpu
+
 Factors = tuple[Tensor, Tensor]
 Array = Any  # a numpy array or a torch tensor: the numerics below are written for both
 
@@ -170,6 +172,10 @@ def _kernel(S: Array, g: Array, floor: float, xp: ModuleType, out: Array | None 
     """Stabilised kernel ``exp(S + g - rowmax(S + g))`` clamped below at ``exp(floor)``: rows
     peak at 1, so the row potential is implicit and no entry is 0 or subnormal. Written into
     ``out`` (a buffer shaped like ``S``) when given: one pass per operation, no allocation."""
+    if xp is np:
+        logK = out if out is not None else np.empty_like(S)
+        gromov_cpu.log_kernel(S, g, S.dtype.type(floor), logK)
+        return np.exp(logK, out=logK)
     logK = xp.add(S, g, out=out) if out is not None else S + g
     logK -= xp.amax(logK, axis=-1, keepdims=True)
     xp.clip(logK, floor, None, out=logK)
@@ -177,17 +183,26 @@ def _kernel(S: Array, g: Array, floor: float, xp: ModuleType, out: Array | None 
 
 
 def _sinkhorn_block(
-    K: Array, Kt: Array, v: Array, count: int, p: float, q: float, xp: ModuleType
-) -> tuple[Array, Array, Array]:
+    K: Array, v: Array, count: int, p: float, q: float, xp: ModuleType
+) -> tuple[Array, Array, Array, float, float]:
     """``count`` Sinkhorn iterations from the column scaling ``v [B, m, 1]``; returns ``u``,
-    ``v`` and the L1 column-marginal error ``[B]`` of the iterate before the last update."""
+    ``v``, the L1 column-marginal error ``[B]`` of the iterate before the last update, and the
+    smallest and largest scaling (NaN if one is not finite)."""
+    if xp is np:
+        dtype = K.dtype.type
+        return gromov_cpu.sinkhorn(K, np.ascontiguousarray(v), count, dtype(p), dtype(q))
+    Kt = K.swapaxes(-1, -2)
     for _ in range(count - 1):
         u = p / (K @ v)
         v = q / (Kt @ u)
     u = p / (K @ v)
     Ktu = Kt @ u
     err = xp.abs(v * Ktu - q).sum(axis=(-1, -2))
-    return u, q / Ktu, err
+    v = q / Ktu
+    lo, hi = min(float(u.min()), float(v.min())), max(float(u.max()), float(v.max()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo = hi = math.nan
+    return u, v, err, lo, hi
 
 
 def _newton_step(
@@ -233,7 +248,7 @@ def _inner_solve(
     ``K`` is written into ``out`` (a buffer shaped like ``S``) when given. Returns ``K, u, v, g,
     err, iterations, finite``."""
     K = _kernel(S, g, floor, xp, out)
-    u, v = xp.ones_like(S[..., :1]), xp.ones_like(g).swapaxes(-1, -2)
+    u, v = xp.ones_like(S[..., :1]), xp.ones_like(S[..., :1, :]).swapaxes(-1, -2)
     done, previous, newton, allow_newton, refolded = 0, math.inf, False, True, False
     limit = min(math.exp(-floor / 2), 1e30)  # keeps (clamped entry) × scaling negligible
     budget = max_inner
@@ -246,10 +261,11 @@ def _inner_solve(
                 newton = allow_newton = False
                 count = min(inner_iterations, max_inner - done)
         if not newton:
-            u, v, err = _sinkhorn_block(K, K.swapaxes(-1, -2), v, count, p, q, xp)
+            u, v, err, lo, hi = _sinkhorn_block(K, v, count, p, q, xp)
+        else:
+            lo, hi = min(float(u.min()), float(v.min())), max(float(u.max()), float(v.max()))
         done += count
         worst = float(err.max())
-        lo, hi = min(float(u.min()), float(v.min())), max(float(u.max()), float(v.max()))
         if not (math.isfinite(worst) and math.isfinite(hi) and lo > 0):
             return K, u, v, g, err, done, False
         if hi > limit or lo < 1 / limit:  # fold v into g, rebuild K (before trusting err)
@@ -270,6 +286,26 @@ def _inner_solve(
             newton = math.log(target / worst) / rate > _NEWTON_AFTER * max(v.shape[-2], 64)
         previous = worst
     return K, u, v, g, err, done, True
+
+
+def _finish_step(
+    K: Array, u: Array, v: Array, x: Array, g: Array, work: Array, xp: ModuleType
+) -> tuple[Array, Array, Array, Array]:
+    """The outer step's coupling ``P = u K vᵀ``, its change ``r = P − x`` (written into
+    ``work``; ``K`` is overwritten), the new potential ``g + log vᵀ`` gauge-fixed to max 0, and
+    the L1 change ``[B]``. Returns ``g, P, r, change``."""
+    if xp is np:
+        P = np.empty_like(K)
+        g, change = gromov_cpu.finish_step(
+            K, np.ascontiguousarray(u), np.ascontiguousarray(v), x, g, P, work
+        )
+        return g, P, work, change
+    g = g + xp.log(v).swapaxes(-1, -2)
+    g = g - xp.amax(g, axis=-1, keepdims=True)
+    P = u * K
+    P *= v.swapaxes(-1, -2)
+    r = xp.subtract(P, x, out=work)
+    return g, P, r, xp.abs(r, out=K).sum(axis=(-1, -2))
 
 
 def _empty(shape: tuple[int, ...], like: Array, xp: ModuleType) -> Array:
@@ -351,12 +387,7 @@ def _pgd(
         inner_total += done
         if not finite:
             break
-        g = g + xp.log(v).swapaxes(-1, -2)
-        g = g - xp.amax(g, axis=-1, keepdims=True)
-        P = u * K
-        P *= v.swapaxes(-1, -2)
-        r = xp.subtract(P, x, out=work)
-        change = xp.abs(r, out=K).sum(axis=(-1, -2))
+        g, P, r, change = _finish_step(K, u, v, x, g, work, xp)
         worst = float(change.max())
         if max(worst, float(err.max())) <= tol:
             break

@@ -1,0 +1,101 @@
+"""The solver's compiled CPU loops against the generic code that the torch backend runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gmgcore import gromov
+
+
+def _problem(B: int, n: int, m: int, dtype: np.dtype, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    S = (3.0 * rng.standard_normal((B, n, m))).astype(dtype)
+    g = rng.standard_normal((B, 1, m)).astype(dtype)
+    v = np.exp(0.3 * rng.standard_normal((B, m, 1))).astype(dtype)
+    x = rng.random((B, n, m)).astype(dtype)
+    return {"S": S, "g": g, "v": v, "x": x / x.sum(axis=(-1, -2), keepdims=True)}
+
+
+def _floor(dtype: np.dtype) -> float:
+    return math.log(float(np.finfo(dtype).tiny)) + 50.0
+
+
+def _rtol(dtype: np.dtype) -> float:
+    return 1e-5 if dtype == np.float32 else 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("B", "n", "m"), [(1, 64, 64), (2, 7, 13)])
+def test_kernel_matches_the_generic_code(dtype: np.dtype, B: int, n: int, m: int) -> None:
+    a = _problem(B, n, m, dtype)
+    a["S"][0, 1, 2] = -1e4  # clamped entry
+    K = gromov._kernel(a["S"], a["g"], _floor(dtype), np, np.empty_like(a["S"]))
+    ref = gromov._kernel(torch.from_numpy(a["S"]), torch.from_numpy(a["g"]), _floor(dtype), torch)
+    np.testing.assert_allclose(K, ref.numpy(), rtol=_rtol(dtype), atol=0)
+    assert K[0, 1, 2] == np.exp(dtype(_floor(dtype)))
+
+
+def test_kernel_rows_with_nan_or_inf_are_not_finite() -> None:
+    a = _problem(1, 5, 6, np.float64)
+    a["S"][0, 1, 3], a["S"][0, 2, 0], a["S"][0, 3, 4] = np.nan, np.inf, -np.inf
+    K = gromov._kernel(a["S"], a["g"], _floor(np.float64), np)
+    assert not np.isfinite(K[0, 1]).any() and not np.isfinite(K[0, 2]).any()
+    assert np.isfinite(K[0, [0, 3, 4]]).all() and K[0, 3, 4] > 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("count", [1, 5])
+@pytest.mark.parametrize(("B", "n", "m"), [(1, 64, 64), (2, 7, 13)])
+def test_sinkhorn_block_matches_the_generic_code(dtype: np.dtype, count: int, B: int, n: int,
+                                                 m: int) -> None:
+    a = _problem(B, n, m, dtype, seed=count)
+    K = gromov._kernel(a["S"], a["g"], _floor(dtype), np)
+    got = gromov._sinkhorn_block(K, a["v"], count, 1 / n, 1 / m, np)
+    ref = gromov._sinkhorn_block(torch.from_numpy(K), torch.from_numpy(a["v"]), count, 1 / n,
+                                 1 / m, torch)
+    for x, y in zip(got[:3], ref[:3], strict=True):
+        assert x.shape == tuple(y.shape) and x.dtype == dtype
+        np.testing.assert_allclose(x, y.numpy(), rtol=50 * _rtol(dtype), atol=0)
+    assert got[3] == pytest.approx(ref[3], rel=50 * _rtol(dtype))
+    assert got[4] == pytest.approx(ref[4], rel=50 * _rtol(dtype))
+
+
+def test_sinkhorn_block_reports_non_finite_scalings() -> None:
+    a = _problem(1, 4, 4, np.float64)
+    K = gromov._kernel(a["S"], a["g"], _floor(np.float64), np)
+    K[0, 2] = 0.0  # an empty row: its scaling is p / 0 = inf
+    _, _, _, lo, hi = gromov._sinkhorn_block(K, a["v"], 3, 0.25, 0.25, np)
+    assert math.isnan(lo) and math.isnan(hi)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finish_step_matches_the_generic_code(dtype: np.dtype) -> None:
+    a = _problem(2, 9, 11, dtype)
+    K = gromov._kernel(a["S"], a["g"], _floor(dtype), np)
+    u, v, *_ = gromov._sinkhorn_block(K, a["v"], 3, 1 / 9, 1 / 11, np)
+    got = gromov._finish_step(K.copy(), u, v, a["x"], a["g"], np.empty_like(K), np)
+    t = [torch.from_numpy(z.copy()) for z in (K, u, v, a["x"], a["g"])]
+    ref = gromov._finish_step(*t, torch.empty_like(t[0]), torch)
+    for x, y in zip(got, ref, strict=True):
+        np.testing.assert_allclose(x, y.numpy(), rtol=10 * _rtol(dtype), atol=1e-7 * float(
+            np.abs(x).max()))
+    assert got[0].max() == 0.0  # the potential's gauge
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fixed_budget_solve_agrees_across_backends(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(64, 10, generator=g), torch.randn(64, 30, generator=g)
+    C_x, C_y = (torch.cdist(t, t).square().to(dtype) for t in (x, y))
+    C_x, C_y = C_x / C_x.mean(), C_y / C_y.mean()
+    budget = {"tol": 1e-5, "max_iter": 20, "inner_iterations": 5, "max_inner": 5}
+    a = gromov.solve(C_x, C_y, 0.2, backend="numpy", **budget)
+    b = gromov.solve(C_x, C_y, 0.2, backend="torch", **budget)
+    assert (a.iterations, a.inner_iterations) == (b.iterations, b.inner_iterations)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert float((a.coupling - b.coupling).abs().sum()) < tol
+    assert float(a.cost) == pytest.approx(float(b.cost), rel=tol)
