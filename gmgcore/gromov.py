@@ -63,6 +63,9 @@ Array = Any  # a numpy array or a torch tensor: the numerics below are written f
 _ANDERSON_MEMORY = 5  # outer steps mixed by Anderson acceleration (0: plain PGD)
 _ANDERSON_START = 1e-3  # accelerate once the L1 coupling change is below this
 _NEWTON_AFTER = 0.5  # Newton once Sinkhorn would need more than this × max(m, 64) iterations
+# Sinkhorn blocks of larger problems run on numpy's (multi-threaded) BLAS matrix-vector products,
+# which beat the single-threaded compiled loop from n·m ≈ 128² on (docs/gw.md)
+_COMPILED_SINKHORN_MAX = 96 * 96
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ def _sinkhorn_block(
     """``count`` Sinkhorn iterations from the column scaling ``v [B, m, 1]``; returns ``u``,
     ``v``, the L1 column-marginal error ``[B]`` of the iterate before the last update, and the
     smallest and largest scaling (NaN if one is not finite)."""
-    if xp is np:
+    if xp is np and K.shape[-1] * K.shape[-2] <= _COMPILED_SINKHORN_MAX:
         dtype = K.dtype.type
         return gromov_cpu.sinkhorn(K, np.ascontiguousarray(v), count, dtype(p), dtype(q))
     Kt = K.swapaxes(-1, -2)

@@ -23,6 +23,16 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; NaN/inf k
 # error_model="numpy": x / 0 gives inf or NaN (which the solver checks), not ZeroDivisionError
 
 
+@numba.njit(cache=True, fastmath=True)
+def _shift_and_clamp(row: np.ndarray, floor: float) -> None:
+    """``row = max(row − max(row), floor)`` on a finite row (all fast-math flags: vectorised)."""
+    top = row[0]
+    for j in range(1, row.shape[0]):
+        top = max(top, row[j])
+    for j in range(row.shape[0]):
+        row[j] = max(row[j] - top, floor)
+
+
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def log_kernel(S: np.ndarray, g: np.ndarray, floor: float, out: np.ndarray) -> None:
     """``out = max(S + g − rowmax(S + g), floor)`` for ``S``, ``out`` ``[B, n, m]`` and ``g``
@@ -32,17 +42,23 @@ def log_kernel(S: np.ndarray, g: np.ndarray, floor: float, out: np.ndarray) -> N
     for b in range(B):
         gb = g[b, 0]
         for i in range(n):
-            row, top, nan = out[b, i], -np.inf, False
+            row, Sr, check = out[b, i], S[b, i], floor - floor
             for j in range(m):
-                t = S[b, i, j] + gb[j]
+                t = Sr[j] + gb[j]
                 row[j] = t
-                top = max(top, t)
-                nan |= t != t
-            if nan or top == np.inf:  # numpy's amax and clip would give NaN entries here
-                row[:] = np.nan
+                check += t * 0  # NaN iff an entry is NaN or ±inf
+            if check == 0:
+                _shift_and_clamp(row, floor)
                 continue
+            top, nan = -np.inf, False  # the rare non-finite row, entry by entry
             for j in range(m):
-                row[j] = max(row[j] - top, floor)
+                top = max(top, row[j])
+                nan |= row[j] != row[j]
+            if nan or top == np.inf:
+                row[:] = np.nan
+            else:
+                for j in range(m):
+                    row[j] = max(row[j] - top, floor)
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
