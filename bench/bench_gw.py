@@ -40,6 +40,7 @@ from threadpoolctl import threadpool_limits
 
 from gmgcore import costs, gap, gromov
 from gmgcore.models import build_model, images_to_tensor
+from stages.allocator import keep_freed_memory
 
 COST = "scaled_sqeuclidean"
 
@@ -250,7 +251,11 @@ def main() -> None:
     parser.add_argument("--eps0", type=float, nargs="+", default=[0.1, 0.01], help="part 1")
     parser.add_argument("--parts", nargs="+", choices=["solver", "autograd", "step"],
                         default=["solver", "autograd", "step"])
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="keep glibc's allocator defaults (the pipeline keeps freed memory)")
     args = parser.parse_args()
+    kept = False if args.glibc_malloc else keep_freed_memory()
+    print(f"allocator: keep freed memory (stages/allocator.py): {kept}")
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)  # numpy's BLAS, used by the solver and by POT
     repeats = args.repeats or (3 if args.quick else 7)

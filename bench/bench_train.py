@@ -33,6 +33,7 @@ from gmgcore.models import images_to_tensor
 from gmgcore.objectives import ObjectiveSpec
 from gmgcore.regularizers import RegularizerSpec
 from gmgcore.training import TrainSpec, build_seeded, pick_device, train
+from stages.allocator import keep_freed_memory
 
 MODEL = {"architecture": "dlib_conv", "observation_shape": [64, 64], "latent_dim": 10}
 OBJECTIVES = {
@@ -174,7 +175,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
     parser.add_argument("--pretrain", type=int, default=None,
                         help="β-VAE steps before timing (default 300, --quick 100)")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="keep glibc's allocator defaults (the pipeline keeps freed memory)")
     args = parser.parse_args()
+    kept = False if args.glibc_malloc else keep_freed_memory()
+    print(f"allocator: keep freed memory (stages/allocator.py): {kept}")
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     rounds, steps = (2, 3) if args.quick else (4, 6)

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from stages.allocator import keep_freed_memory
 from stages.params import ParamsError, load_section, parse_overrides
 
 app = typer.Typer(
@@ -56,6 +57,7 @@ def run_stage(
 ) -> Any:
     """Load ``section`` into ``stages.<section>.<config_cls>`` and call ``call(module, cfg)``."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
+    keep_freed_memory()
     module = importlib.import_module(f"stages.{section}")
     try:
         overrides_map = parse_overrides(overrides or [])

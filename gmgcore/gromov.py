@@ -39,9 +39,11 @@ coupling is the last finite iterate rounded onto :math:`U(p, q)` (Altschuler, We
 2017, Alg. 2), so its marginals are exact up to rounding even when ``converged`` is False.
 Convergence: the last outer step moved :math:`P` by at most ``tol`` in L1 and its marginal error
 (L1) was at most ``tol``. On CPU the loop runs through numpy on zero-copy views of the tensors
-(the same arithmetic with far less per-call overhead on small matrices); ``4/ε`` is folded into
-``C_x`` once, and the kernel, the step residual and the Anderson history live in buffers reused
-across outer steps, so an outer step allocates only the linearisation and the new coupling.
+(the same arithmetic with far less per-call overhead on small matrices), with the kernel, the
+small Sinkhorn blocks and the end of each outer step compiled (:mod:`gmgcore.gromov_cpu`);
+``4/ε`` is folded into ``C_x`` once, and the kernel, the step residual and the Anderson history
+live in buffers reused across outer steps, so an outer step allocates only the linearisation
+and the new coupling.
 """
 
 from __future__ import annotations

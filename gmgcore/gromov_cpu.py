@@ -1,15 +1,19 @@
 """Compiled (numba) loops of the entropic GW solver's CPU path (:mod:`gmgcore.gromov`).
 
 Each function does, for every problem of a batch ``[B, n, m]``, what a handful of numpy calls do
-in the solver's generic code (which the torch backend runs unchanged), in one pass and one call:
-at n = 64 an outer step is some fifty small numpy calls, and their per-call overhead, not the
-arithmetic, set its time. The kernel's ``exp`` stays in numpy, whose vectorised ``exp`` is
-about ten times faster than numba's scalar one.
+in the solver's generic code (which the torch backend runs unchanged), in one pass and one call.
+At n = 64 an outer step used to be some fifty small numpy calls, and their per-call overhead, not
+the arithmetic, set its time. Two parts stay in numpy:
+
+* the kernel's ``exp``: numpy's vectorised ``exp`` is about ten times faster than numba's
+  scalar one;
+* Sinkhorn blocks of problems with n·m above 96² (:data:`gmgcore.gromov._COMPILED_SINKHORN_MAX`):
+  there numpy's multi-threaded BLAS matrix-vector products beat this single-threaded loop.
 
 The arithmetic is the same elementwise; sums run in a different order (within rounding). NaN
-and inf propagate as in numpy (no ``nnan`` / ``ninf`` fast-math flags): the solver's finiteness
-checks rely on it. All arrays are C-contiguous; ``p``, ``q`` and ``floor`` have the arrays'
-dtype.
+and inf propagate as in numpy (no ``nnan`` / ``ninf`` fast-math flags outside
+:func:`_shift_and_clamp`, which only sees finite rows): the solver's finiteness checks rely on
+it. All arrays are C-contiguous; ``p``, ``q`` and ``floor`` have the arrays' dtype.
 """
 
 from __future__ import annotations
