@@ -131,6 +131,11 @@ def _configs(quick: bool, objectives: str | None, regularizers: str | None) -> l
         objs = tuple(objectives.split(","))
     if regularizers:
         regs = ("none", *(r for r in regularizers.split(",") if r != "none"))
+    for flag, names, known in (("--objectives", objs, OBJECTIVES),
+                               ("--regularizers", regs, REGULARIZERS)):
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise SystemExit(f"{flag}: unknown {unknown}; choose from {list(known)}")
     out = []
     for o in objs:
         for r in regs:
