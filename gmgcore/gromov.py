@@ -40,7 +40,8 @@ coupling is the last finite iterate rounded onto :math:`U(p, q)` (Altschuler, We
 Convergence: the last outer step moved :math:`P` by at most ``tol`` in L1 and its marginal error
 (L1) was at most ``tol``. On CPU the loop runs through numpy on zero-copy views of the tensors
 (the same arithmetic with far less per-call overhead on small matrices), with the kernel, the
-small Sinkhorn blocks and the end of each outer step compiled (:mod:`gmgcore.gromov_cpu`);
+small Sinkhorn blocks and the end of each outer step compiled, and a single small problem on a
+fixed budget runs its whole loop compiled (:mod:`gmgcore.gromov_cpu`);
 ``4/ε`` is folded into ``C_x`` once, and the kernel, the step residual and the Anderson history
 live in buffers reused across outer steps, so an outer step allocates only the linearisation
 and the new coupling.
@@ -65,9 +66,10 @@ Array = Any  # a numpy array or a torch tensor: the numerics below are written f
 _ANDERSON_MEMORY = 5  # outer steps mixed by Anderson acceleration (0: plain PGD)
 _ANDERSON_START = 1e-3  # accelerate once the L1 coupling change is below this
 _NEWTON_AFTER = 0.5  # Newton once Sinkhorn would need more than this × max(m, 64) iterations
-# Sinkhorn blocks of larger problems run on numpy's (multi-threaded) BLAS matrix-vector products,
-# which beat the single-threaded compiled loop from n·m ≈ 128² on (docs/gw.md)
-_COMPILED_SINKHORN_MAX = 96 * 96
+# Up to this n·m, the CPU path runs compiled Sinkhorn blocks, and a single problem on a fixed
+# budget runs its whole loop compiled; above it numpy's (multi-threaded) BLAS matrix-vector
+# products beat the single-threaded compiled loop (docs/gw.md)
+_COMPILED_MAX = 96 * 96
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ def _sinkhorn_block(
     """``count`` Sinkhorn iterations from the column scaling ``v [B, m, 1]``; returns ``u``,
     ``v``, the L1 column-marginal error ``[B]`` of the iterate before the last update, and the
     smallest and largest scaling (NaN if one is not finite)."""
-    if xp is np and K.shape[-1] * K.shape[-2] <= _COMPILED_SINKHORN_MAX:
+    if xp is np and K.shape[-1] * K.shape[-2] <= _COMPILED_MAX:
         dtype = K.dtype.type
         return gromov_cpu.sinkhorn(K, np.ascontiguousarray(v), count, dtype(p), dtype(q))
     Kt = K.swapaxes(-1, -2)
@@ -377,6 +379,9 @@ def _pgd(
         factors_x = (factors_x[0] * scale, factors_x[1])
     else:
         C_x = C_x * scale
+    if xp is np and B == 1 and max_inner <= inner_iterations and n * m <= _COMPILED_MAX:
+        return _compiled_pgd(C_x, C_y, x0, tol, max_iter, inner_iterations, factors_x,
+                             factors_y)
     g = x0[..., :1, :] * 0
     x = P = x0
     err, change = xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
@@ -410,6 +415,29 @@ def _pgd(
             anderson.reset()
         last = worst
     return P, err, change, outer, inner_total
+
+
+def _compiled_pgd(
+    C_x: np.ndarray, C_y: np.ndarray, x0: np.ndarray, tol: float, max_iter: int, inner: int,
+    factors_x: Factors | None, factors_y: Factors | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """:func:`_pgd` for one small problem and a fixed budget (no Newton steps), as one compiled
+    call (:func:`gmgcore.gromov_cpu.fixed_budget_pgd`); ``C_x`` / ``factors_x`` carry ``4/ε``."""
+    n, m = x0.shape[-2:]
+    dtype, empty = x0.dtype.type, np.zeros((1, 1), x0.dtype)
+    Ax, BxT = (factors_x[0][0], np.ascontiguousarray(factors_x[1][0].T)) if factors_x else (
+        empty, empty)
+    By, AyT = (factors_y[1][0], np.ascontiguousarray(factors_y[0][0].T)) if factors_y else (
+        empty, empty)
+    floor = math.log(float(np.finfo(x0.dtype).tiny)) + 50.0
+    P, err, change, outer, inner_total = gromov_cpu.fixed_budget_pgd(
+        np.ascontiguousarray(C_x[0]), np.ascontiguousarray(C_y[0].T), np.ascontiguousarray(Ax),
+        BxT, np.ascontiguousarray(By), AyT, factors_x is not None, factors_y is not None,
+        np.ascontiguousarray(x0), dtype(1.0 / n), dtype(1.0 / m), tol, max_iter, inner,
+        dtype(floor), min(math.exp(-floor / 2), 1e30), _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY
+        else 0, _ANDERSON_START, 1e-10 if x0.dtype == np.float64 else 1e-5,
+    )
+    return P, np.array([err], x0.dtype), np.array([change], x0.dtype), outer, inner_total
 
 
 def _use_numpy(device: torch.device, backend: str) -> bool:

@@ -1,14 +1,19 @@
 """Compiled (numba) loops of the entropic GW solver's CPU path (:mod:`gmgcore.gromov`).
 
-Each function does, for every problem of a batch ``[B, n, m]``, what a handful of numpy calls do
-in the solver's generic code (which the torch backend runs unchanged), in one pass and one call.
-At n = 64 an outer step used to be some fifty small numpy calls, and their per-call overhead, not
-the arithmetic, set its time. Two parts stay in numpy:
+At n = 64 an outer step of the generic code is some fifty small numpy calls, and their per-call
+overhead, not the arithmetic, sets its time. Two levels replace them:
 
-* the kernel's ``exp``: numpy's vectorised ``exp`` is about ten times faster than numba's
-  scalar one;
-* Sinkhorn blocks of problems with n·m above 96² (:data:`gmgcore.gromov._COMPILED_SINKHORN_MAX`):
-  there numpy's multi-threaded BLAS matrix-vector products beat this single-threaded loop.
+* :func:`log_kernel`, :func:`sinkhorn` and :func:`finish_step` each do, for every problem of a
+  batch ``[B, n, m]``, what a handful of numpy calls do, in one call. The generic loop uses
+  them on CPU; the kernel's ``exp`` then stays in numpy (vectorised, about ten times faster than
+  numba's scalar ``exp``).
+* :func:`fixed_budget_pgd` runs the whole mirror-descent loop of one problem on a fixed
+  budget (one Sinkhorn block per outer step, hence no Newton steps: the training budget of
+  :mod:`gmgcore.gap`), with the same folds and Anderson steps as the generic loop. Its kernel
+  uses :func:`_exp_nonpositive`, a vectorisable ``exp`` within 1 ulp.
+
+Both apply up to n·m = 96² (:data:`gmgcore.gromov._COMPILED_MAX`). Above it, numpy's
+multi-threaded BLAS matrix-vector products beat this single-threaded code.
 
 The arithmetic is the same elementwise; sums run in a different order (within rounding). NaN
 and inf propagate as in numpy (no ``nnan`` / ``ninf`` fast-math flags outside
@@ -17,6 +22,8 @@ it. All arrays are C-contiguous; ``p``, ``q`` and ``floor`` have the arrays' dty
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
@@ -138,3 +145,168 @@ def finish_step(
         for j in range(m):
             gb[j] -= top
     return g_new, change
+
+
+# exp(x) for x ≤ 0: exp(x) = 2^k · exp(r), k = round(x / ln 2), |r| ≤ ln(2) / 2 (Cody & Waite),
+# exp(r) by its degree-12 Taylor polynomial (truncation below 2e-16 relative), in float64.
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_T = [1.0 / math.factorial(k) for k in range(13)]
+_T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10, _T11, _T12 = _T
+_POW2_NEGATIVE = 2.0 ** -np.arange(1100, dtype=np.float64)  # 2^-k, down to below the fp64 floor
+
+
+@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")  # no reassociation:
+def _exp_nonpositive(x: float) -> float:  # the two-part reduction must stay in order
+    """``exp(x)`` for ``-700 ≤ x ≤ 0`` (the kernel's clamped log-entries), within 1 ulp in
+    float64: vectorisable, where numba's ``exp`` is a scalar library call."""
+    k = math.floor(x * _LOG2E + 0.5)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    poly = ((((((_T12 * r + _T11) * r + _T10) * r + _T9) * r + _T8) * r + _T7) * r + _T6)
+    poly = (((((poly * r + _T5) * r + _T4) * r + _T3) * r + _T2) * r + _T1) * r + _T0
+    return poly * _POW2_NEGATIVE[int(-k)]
+
+
+@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _exp_in_place(a: np.ndarray) -> None:
+    """``a = exp(a)`` on a 1-D array of entries in ``[-700, 0]`` or NaN (kept)."""
+    for j in range(a.size):
+        t = a[j]
+        finite = t == t
+        e = _exp_nonpositive(t if finite else 0.0)
+        a[j] = e if finite else t
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _kernel(S: np.ndarray, g: np.ndarray, floor: float, K: np.ndarray) -> None:
+    """The stabilised kernel ``exp(log_kernel(S, g))`` into ``K`` (``[1, n, m]``)."""
+    log_kernel(S, g, floor, K)
+    _exp_in_place(K.reshape(-1))  # a separate 1-D loop: numba vectorises it there
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _solve_small(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``G x = b`` for a small ``[k, k]`` system by Gaussian elimination with partial pivoting;
+    ``ok`` is False for a zero or non-finite pivot (LAPACK's LinAlgError)."""
+    k = b.shape[0]
+    A, x = G.astype(np.float64), b.astype(np.float64)
+    for c in range(k):
+        piv = c + np.argmax(np.abs(A[c:, c]))
+        if not (np.isfinite(A[piv, c]) and A[piv, c] != 0):
+            return x, False
+        if piv != c:
+            for j in range(k):
+                A[c, j], A[piv, j] = A[piv, j], A[c, j]
+            x[c], x[piv] = x[piv], x[c]
+        for i in range(c + 1, k):
+            f = A[i, c] / A[c, c]
+            A[i, c:] -= f * A[c, c:]
+            x[i] -= f * x[c]
+    for c in range(k - 1, -1, -1):
+        t = x[c]
+        for j in range(c + 1, k):
+            t -= A[c, j] * x[j]
+        x[c] = t / A[c, c]
+    return x, True
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _linearization(Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
+                   By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool,
+                   x: np.ndarray) -> np.ndarray:
+    """:func:`gmgcore.gromov.linearization` on ``[n, m]`` with pre-transposed operands."""
+    if low_x and low_y:
+        return np.dot(Ax, np.dot(np.dot(np.dot(BxT, x), By), AyT))
+    if low_x:
+        return np.dot(Ax, np.dot(np.dot(BxT, x), CyT))
+    if low_y:
+        return np.dot(np.dot(Cx, np.dot(x, By)), AyT)
+    return np.dot(np.dot(Cx, x), CyT)
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def fixed_budget_pgd(
+    Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray, By: np.ndarray,
+    AyT: np.ndarray, low_x: bool, low_y: bool, x0: np.ndarray, p: float, q: float,
+    tol: float, max_iter: int, inner: int, floor: float, limit: float, memory: int,
+    anderson_start: float, ridge: float,
+) -> tuple[np.ndarray, float, float, int, int]:
+    """The whole mirror-descent loop of :func:`gmgcore.gromov._pgd` for one problem and a
+    budget of one Sinkhorn block per outer step (``max_inner ≤ inner_iterations``, so no
+    Newton steps), compiled: the same iterates, folds and Anderson steps as the generic code,
+    with the kernel's ``exp`` by :func:`_exp_nonpositive`. ``Cx`` (or ``Ax``) carries the
+    factor ``4/ε``; ``x0`` is ``[1, n, m]``. Returns the last finite coupling ``[1, n, m]``,
+    its marginal error and change, and the outer and Sinkhorn counts."""
+    _, n, m = x0.shape
+    K, work = np.empty_like(x0), np.empty_like(x0)
+    g = np.zeros((1, 1, m), x0.dtype)
+    F = np.empty((memory, n * m), x0.dtype)
+    R = np.empty((memory, n * m), x0.dtype)
+    gram = np.zeros((memory, memory))
+    tiny = np.finfo(x0.dtype).tiny
+    x, P = x0, x0
+    err, change, last = np.inf, np.inf, np.inf
+    outer, inner_total, count = 0, 0, 0
+    while outer < max_iter:
+        outer += 1
+        S = _linearization(Cx, CyT, Ax, BxT, By, AyT, low_x, low_y, x[0]).reshape(1, n, m)
+        _kernel(S, g, floor, K)
+        u, v = np.ones((1, n, 1), x0.dtype), np.ones((1, m, 1), x0.dtype)
+        done, budget, refolded, finite = 0, inner, False, True
+        while done < budget:
+            c = min(inner, budget - done)
+            u, v, errs, lo, hi = sinkhorn(K, v, c, p, q)
+            done += c
+            err = errs[0]
+            if not (np.isfinite(err) and np.isfinite(hi) and lo > 0):
+                finite = False
+                break
+            if hi > limit or lo < 1 / limit:  # fold v into g and rebuild K, as _inner_solve
+                for j in range(m):
+                    g[0, 0, j] += np.log(v[0, j, 0])
+                _kernel(S, g, floor, K)
+                v = np.ones((1, m, 1), x0.dtype)
+                u = (p / K[0].sum(axis=1)).reshape(1, n, 1)
+                err = np.abs(np.dot(u.reshape(n), K[0]) - q).sum()
+                if done >= budget and not refolded:
+                    budget, refolded = done + inner, True
+                continue
+            if err <= tol:
+                break
+        inner_total += done
+        if not finite:
+            break
+        P = np.empty_like(x0)
+        g, changes = finish_step(K, u, v, x, g, P, work)
+        change = changes[0]
+        if max(change, err) <= tol:
+            break
+        x = P
+        if memory > 0 and change < min(last, anderson_start):
+            slot = count % memory
+            F[slot], R[slot] = P.reshape(-1), work.reshape(-1)
+            count += 1
+            k = min(count, memory)
+            for j in range(k):
+                gram[slot, j] = np.dot(R[slot], R[j])
+                gram[j, slot] = gram[slot, j]
+            if k > 1:
+                G = gram[:k, :k].copy()
+                G += (ridge * G.max() + tiny) * np.eye(k)
+                alpha, ok = _solve_small(G, np.ones(k))
+                if ok:
+                    alpha = (alpha / alpha.sum()).astype(x0.dtype)
+                    y = np.zeros_like(x0)
+                    flat = y.reshape(-1)
+                    for i in range(k):
+                        flat += alpha[i] * F[i]
+                    ok = np.isfinite(flat).all()
+                if ok:
+                    x = y
+                else:
+                    count = 0
+        else:
+            count = 0
+        last = change
+    return P, err, change, outer, inner_total

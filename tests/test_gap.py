@@ -178,3 +178,19 @@ def test_identity_init_and_blend_are_valid_starts() -> None:
         res = gap.gromov_monge_gap(x, y, "inner_product", "inner_product", 0.05, center=True,
                                    init=init, max_iter=500, max_inner=500)
         assert float(res.gw_entropic) <= float(stuck.gw_entropic) + 1e-12
+
+
+@pytest.mark.parametrize("shape", [(7, 7), (3, 6, 6)])
+def test_envelope_value_gradients_match_autograd_of_the_expression(shape: tuple) -> None:
+    g = torch.Generator().manual_seed(0)
+    C_x, C_y = (torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+                for _ in range(2))
+    P = torch.rand(shape, generator=g, dtype=torch.float64)
+    weights = torch.randn(shape[:-2], generator=g, dtype=torch.float64)
+    value = gap._EnvelopeValue.apply(C_x, C_y, P)
+    expr = (gromov.linearization(C_x, C_y, P) * P).sum((-1, -2)) - (C_x * C_y).mean((-1, -2))
+    torch.testing.assert_close(value, expr, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad((value * weights).sum(), (C_x, C_y))
+    ref = torch.autograd.grad((expr * weights).sum(), (C_x, C_y))
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gmgcore import gromov
+from gmgcore import costs, gromov, gromov_cpu
 
 
 def _problem(B: int, n: int, m: int, dtype: np.dtype, seed: int = 0) -> dict[str, np.ndarray]:
@@ -99,3 +99,64 @@ def test_fixed_budget_solve_agrees_across_backends(dtype: torch.dtype) -> None:
     tol = 1e-4 if dtype == torch.float32 else 1e-10
     assert float((a.coupling - b.coupling).abs().sum()) < tol
     assert float(a.cost) == pytest.approx(float(b.cost), rel=tol)
+
+
+def test_exp_matches_numpy_within_two_ulp() -> None:
+    x = np.concatenate([-np.logspace(-12, np.log10(658.0), 20001), [0.0, -0.5 * math.log(2)]])
+    got = np.array([gromov_cpu._exp_nonpositive(t) for t in x[::7]])
+    ref = np.exp(x[::7])
+    assert np.all(np.abs(got - ref) <= 2 * np.spacing(ref))
+
+
+def test_small_solve_matches_lapack_and_reports_singular_systems() -> None:
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((5, 5))
+    x, ok = gromov_cpu._solve_small(G, np.ones(5))
+    assert ok
+    np.testing.assert_allclose(x, np.linalg.solve(G, np.ones(5)), rtol=1e-12)
+    assert not gromov_cpu._solve_small(np.ones((3, 3)) - np.eye(3) * 0.0, np.ones(3))[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("low_x", "low_y"), [(False, False), (True, False), (False, True),
+                                              (True, True)])
+@pytest.mark.parametrize("eps", [0.5, 0.1])
+def test_compiled_fixed_budget_loop_follows_the_generic_iterates(
+    dtype: torch.dtype, low_x: bool, low_y: bool, eps: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    compiled = gromov_cpu.fixed_budget_pgd
+    monkeypatch.setattr(gromov_cpu, "fixed_budget_pgd", lambda *a: calls.append(1) or compiled(*a))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(48, 4, generator=g, dtype=torch.float64), torch.randn(
+        40, 6, generator=g, dtype=torch.float64)
+    C_x, C_y = (costs.pairwise_cost(t, "scaled_sqeuclidean").to(dtype) for t in (x, y))
+    fx = tuple(t.to(dtype) for t in costs.pairwise_cost_factors(x, "scaled_sqeuclidean"))
+    fy = tuple(t.to(dtype) for t in costs.pairwise_cost_factors(y, "scaled_sqeuclidean"))
+    budget = {"tol": 1e-7, "max_iter": 40, "inner_iterations": 5, "max_inner": 5,
+              "factors_x": fx if low_x else None, "factors_y": fy if low_y else None}
+    a = gromov.solve(C_x, C_y, eps, backend="numpy", **budget)
+    b = gromov.solve(C_x, C_y, eps, backend="torch", **budget)
+    assert calls == [1]
+    assert (a.iterations, a.inner_iterations) == (b.iterations, b.inner_iterations)
+    tol = 1e-5 if dtype == torch.float32 else 1e-11
+    assert float((a.coupling - b.coupling).abs().sum()) < tol
+    assert bool(a.converged) == bool(b.converged)
+
+
+def test_compiled_loop_folds_like_the_generic_loop() -> None:
+    """fp32 near-isometry at a small ε: the scalings pass fp32's fold limit, and one outer step
+    gets the extra block (105 Sinkhorn iterations in 20 steps). A batch of two copies runs the
+    generic loop; a single problem runs the compiled one."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 10, generator=g)
+    rotation = torch.linalg.qr(torch.randn(10, 10, generator=g))[0]
+    y = x @ rotation + 0.05 * torch.randn(64, 10, generator=g)
+    C_x, C_y = (costs.pairwise_cost(t, "scaled_sqeuclidean") for t in (x, y))
+    eps = 2 * 0.03 * float(C_x.abs().mean() * C_y.abs().mean())
+    budget = {"tol": 1e-5, "max_iter": 20, "inner_iterations": 5, "max_inner": 5}
+    one = gromov.solve(C_x, C_y, eps, **budget)
+    two = gromov.solve(torch.stack([C_x, C_x]), torch.stack([C_y, C_y]), eps, **budget)
+    assert one.inner_iterations == two.inner_iterations == 105
+    assert one.iterations == two.iterations == 20
+    assert float((one.coupling - two.coupling[0]).abs().sum()) < 1e-4
