@@ -55,7 +55,7 @@ couplings of the uniform weights: the entropic GW coupling found by
   * At ε0 = 0.01 the budgeted estimate often stops at the identity coupling (GMG = 0). That is
     right on the initial batch, whose converged estimate is 0 too, but not on the trained one.
 
-  At n = 64 the solve takes about 1.2–1.5 ms (20 × 5, fp32). Raise ``max_iter`` /
+  At n = 64 the solve takes about 1 ms (20 × 5, fp32, compiled loop). Raise ``max_iter`` /
   ``max_inner`` (e.g. 200 / 1000, which also enables Newton steps) for small ε0 or cosine
   costs, at a higher cost per step.
 """
