@@ -255,9 +255,9 @@ def _inner_solve(
     ``K`` is written into ``out`` (a buffer shaped like ``S``) when given. Returns ``K, u, v, g,
     err, iterations, finite``."""
     K = _kernel(S, g, floor, xp, out)
-    u, v = xp.ones_like(S[..., :1]), xp.ones_like(S[..., :1, :]).swapaxes(-1, -2)
+    u, v = xp.ones_like(S[..., :1]), xp.ones_like(g).swapaxes(-1, -2)
     done, previous, newton, allow_newton, refolded = 0, math.inf, False, True, False
-    limit = min(math.exp(-floor / 2), 1e30)  # keeps (clamped entry) × scaling negligible
+    limit = _fold_limit(floor)
     budget = max_inner
     while done < budget:
         count = 1 if newton else min(inner_iterations, budget - done)
@@ -300,7 +300,7 @@ def _finish_step(
 ) -> tuple[Array, Array, Array, Array]:
     """The outer step's coupling ``P = u K vᵀ``, its change ``r = P − x`` (written into
     ``work``; ``K`` is overwritten), the new potential ``g + log vᵀ`` gauge-fixed to max 0, and
-    the L1 change ``[B]``. Returns ``g, P, r, change``."""
+    the L1 change ``[B]``. ``K`` may be overwritten. Returns ``g, P, r, change``."""
     if xp is np:
         P = np.empty_like(K)
         g, change = gromov_cpu.finish_step(
@@ -313,6 +313,17 @@ def _finish_step(
     P *= v.swapaxes(-1, -2)
     r = xp.subtract(P, x, out=work)
     return g, P, r, xp.abs(r, out=K).sum(axis=(-1, -2))
+
+
+def _fold_limit(floor: float) -> float:
+    """Largest scaling kept before it is folded into the potential: a clamped kernel entry
+    (``exp(floor)``) times it stays negligible."""
+    return min(math.exp(-floor / 2), 1e30)
+
+
+def _anderson_ridge(dtype: Any) -> float:
+    """Relative ridge of the Anderson least-squares system for ``dtype``."""
+    return 1e-10 if dtype in (np.float64, torch.float64) else 1e-5
 
 
 def _empty(shape: tuple[int, ...], like: Array, xp: ModuleType) -> Array:
@@ -334,7 +345,7 @@ class _Anderson:
         self.R = _empty(self.F.shape, like, xp)
         self.gram = xp.zeros_like(self.F[:, :, :memory])
         self.xp, self.memory, self.count = xp, memory, 0
-        self.ridge = 1e-10 if like.dtype in (np.float64, torch.float64) else 1e-5
+        self.ridge = _anderson_ridge(like.dtype)
 
     def reset(self) -> None:
         self.count = 0
@@ -380,7 +391,7 @@ def _pgd(
     else:
         C_x = C_x * scale
     if xp is np and B == 1 and max_inner <= inner_iterations and n * m <= _COMPILED_MAX:
-        return _compiled_pgd(C_x, C_y, x0, tol, max_iter, inner_iterations, factors_x,
+        return _compiled_pgd(C_x, C_y, x0, tol, max_iter, inner_iterations, floor, factors_x,
                              factors_y)
     g = x0[..., :1, :] * 0
     x = P = x0
@@ -419,7 +430,7 @@ def _pgd(
 
 def _compiled_pgd(
     C_x: np.ndarray, C_y: np.ndarray, x0: np.ndarray, tol: float, max_iter: int, inner: int,
-    factors_x: Factors | None, factors_y: Factors | None,
+    floor: float, factors_x: Factors | None, factors_y: Factors | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """:func:`_pgd` for one small problem and a fixed budget (no Newton steps), as one compiled
     call (:func:`gmgcore.gromov_cpu.fixed_budget_pgd`); ``C_x`` / ``factors_x`` carry ``4/ε``."""
@@ -429,13 +440,12 @@ def _compiled_pgd(
         empty, empty)
     By, AyT = (factors_y[1][0], np.ascontiguousarray(factors_y[0][0].T)) if factors_y else (
         empty, empty)
-    floor = math.log(float(np.finfo(x0.dtype).tiny)) + 50.0
     P, err, change, outer, inner_total = gromov_cpu.fixed_budget_pgd(
         np.ascontiguousarray(C_x[0]), np.ascontiguousarray(C_y[0].T), np.ascontiguousarray(Ax),
         BxT, np.ascontiguousarray(By), AyT, factors_x is not None, factors_y is not None,
         np.ascontiguousarray(x0), dtype(1.0 / n), dtype(1.0 / m), tol, max_iter, inner,
-        dtype(floor), min(math.exp(-floor / 2), 1e30), _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY
-        else 0, _ANDERSON_START, 1e-10 if x0.dtype == np.float64 else 1e-5,
+        dtype(floor), _fold_limit(floor), _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0,
+        _ANDERSON_START, _anderson_ridge(x0.dtype),
     )
     return P, np.array([err], x0.dtype), np.array([change], x0.dtype), outer, inner_total
 
