@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,16 +10,21 @@ from typing import Any
 import torch
 
 from gmgcore.models import VAE, build_model
-from stages.atomic import atomic_path
+from stages.atomic import write_bytes
 
 __all__ = ["load_model", "save_model"]
 
 
 def save_model(path: Path | str, model: VAE) -> None:
-    """Write ``model``'s config and CPU weights atomically to ``path``."""
+    """Write ``model``'s config and CPU weights atomically to ``path``.
+
+    Serialised in memory first: ``torch.save`` to a file names the archive's records after the
+    file, here a random temporary name, so equal weights would give different bytes (and a new
+    DVC hash that reruns every later stage)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"model_config": dict(model.config), "state_dict": state}, tmp)
+    buffer = io.BytesIO()
+    torch.save({"model_config": dict(model.config), "state_dict": state}, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> VAE:

@@ -140,3 +140,19 @@ def test_params_section_is_validated(tmp_path: Path) -> None:
         load_section(params, "train", TrainConfig)
     with pytest.raises(ValidationError, match="unknown cost"):
         TrainConfig.model_validate({"cost_x": "l2"})
+
+
+def test_equal_weights_give_byte_identical_model_files(tmp_path: Path) -> None:
+    """The model file must not depend on the temporary name it was written under, or DVC sees a
+    new model (and reruns every later stage) whenever train reruns with the same result."""
+    from gmgcore.models import build_model
+    from stages.modelio import save_model
+
+    torch.manual_seed(0)
+    model = build_model({"architecture": "mlp", "observation_shape": [8], "latent_dim": 2})
+    save_model(tmp_path / "a.pt", model)
+    save_model(tmp_path / "b.pt", model)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    reloaded = load_model(tmp_path / "a.pt")
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value)
