@@ -40,8 +40,8 @@ coupling is the last finite iterate rounded onto :math:`U(p, q)` (Altschuler, We
 Convergence: the last outer step moved :math:`P` by at most ``tol`` in L1 and its marginal error
 (L1) was at most ``tol``. On CPU the loop runs through numpy on zero-copy views of the tensors
 (the same arithmetic with far less per-call overhead on small matrices), with the kernel, the
-small Sinkhorn blocks and the end of each outer step compiled, and a single small problem on a
-fixed budget runs its whole loop compiled (:mod:`gmgcore.gromov_cpu`);
+Sinkhorn blocks and the end of each outer step compiled, and a single small problem runs its
+whole loop compiled (:mod:`gmgcore.gromov_cpu`);
 ``4/ε`` is folded into ``C_x`` once, and the kernel, the step residual and the Anderson history
 live in buffers reused across outer steps, so an outer step allocates only the linearisation
 and the new coupling.
@@ -66,10 +66,11 @@ Array = Any  # a numpy array or a torch tensor: the numerics below are written f
 _ANDERSON_MEMORY = 5  # outer steps mixed by Anderson acceleration (0: plain PGD)
 _ANDERSON_START = 1e-3  # accelerate once the L1 coupling change is below this
 _NEWTON_AFTER = 0.5  # Newton once Sinkhorn would need more than this × max(m, 64) iterations
-# Up to this n·m, the CPU path runs compiled Sinkhorn blocks, and a single problem on a fixed
-# budget runs its whole loop compiled; above it numpy's (multi-threaded) BLAS matrix-vector
-# products beat the single-threaded compiled loop (docs/gw.md)
-_COMPILED_MAX = 96 * 96
+# Up to n, m ≤ this a single problem runs its whole loop compiled (its Newton systems are solved
+# by plain elimination). Above it the generic loop (with compiled kernel, Sinkhorn and step
+# pieces) is faster on 2 threads: inside the compiled loop BLAS's spinning worker threads slow
+# the single-threaded sweeps (docs/gw.md)
+_COMPILED_SIDE = 96
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def _sinkhorn_block(
     """``count`` Sinkhorn iterations from the column scaling ``v [B, m, 1]``; returns ``u``,
     ``v``, the L1 column-marginal error ``[B]`` of the iterate before the last update, and the
     smallest and largest scaling (NaN if one is not finite)."""
-    if xp is np and K.shape[-1] * K.shape[-2] <= _COMPILED_MAX:
+    if xp is np:
         dtype = K.dtype.type
         return gromov_cpu.sinkhorn(K, np.ascontiguousarray(v), count, dtype(p), dtype(q))
     Kt = K.swapaxes(-1, -2)
@@ -227,7 +228,7 @@ def _newton_step(
     P = u * K * v.swapaxes(-1, -2)
     Pt = P.swapaxes(-1, -2)
     m = c.shape[-2]
-    damping = 1.0 + float(xp.finfo(P.dtype).eps) ** 0.5  # keeps A definite on split supports
+    damping = _newton_damping(P.dtype)
     A = xp.eye(m, dtype=P.dtype, device=P.device)[None] * (damping * c) - Pt @ (P / r) + q / m
     rhs = (q - c) + Pt @ ((r - p) / r)
     db = xp.linalg.solve(A, rhs)
@@ -321,6 +322,12 @@ def _fold_limit(floor: float) -> float:
     return min(math.exp(-floor / 2), 1e30)
 
 
+def _newton_damping(dtype: Any) -> float:
+    """Factor on the diagonal of the Newton system; keeps it definite on split supports."""
+    finfo = torch.finfo if isinstance(dtype, torch.dtype) else np.finfo
+    return 1.0 + float(finfo(dtype).eps) ** 0.5
+
+
 def _anderson_ridge(dtype: Any) -> float:
     """Relative ridge of the Anderson least-squares system for ``dtype``."""
     return 1e-10 if dtype in (np.float64, torch.float64) else 1e-5
@@ -390,9 +397,9 @@ def _pgd(
         factors_x = (factors_x[0] * scale, factors_x[1])
     else:
         C_x = C_x * scale
-    if xp is np and B == 1 and max_inner <= inner_iterations and n * m <= _COMPILED_MAX:
-        return _compiled_pgd(C_x, C_y, x0, tol, max_iter, inner_iterations, floor, factors_x,
-                             factors_y)
+    if xp is np and B == 1 and max(n, m) <= _COMPILED_SIDE:
+        return _compiled_pgd(C_x, C_y, x0, tol, max_iter, inner_iterations, max_inner, floor,
+                             factors_x, factors_y)
     g = x0[..., :1, :] * 0
     x = P = x0
     err, change = xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
@@ -430,22 +437,23 @@ def _pgd(
 
 def _compiled_pgd(
     C_x: np.ndarray, C_y: np.ndarray, x0: np.ndarray, tol: float, max_iter: int, inner: int,
-    floor: float, factors_x: Factors | None, factors_y: Factors | None,
+    max_inner: int, floor: float, factors_x: Factors | None, factors_y: Factors | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """:func:`_pgd` for one small problem and a fixed budget (no Newton steps), as one compiled
-    call (:func:`gmgcore.gromov_cpu.fixed_budget_pgd`); ``C_x`` / ``factors_x`` carry ``4/ε``."""
+    """:func:`_pgd` for one problem as one compiled call (:func:`gmgcore.gromov_cpu.pgd`);
+    ``C_x`` / ``factors_x`` carry ``4/ε``."""
     n, m = x0.shape[-2:]
     dtype, empty = x0.dtype.type, np.zeros((1, 1), x0.dtype)
     Ax, BxT = (factors_x[0][0], np.ascontiguousarray(factors_x[1][0].T)) if factors_x else (
         empty, empty)
     By, AyT = (factors_y[1][0], np.ascontiguousarray(factors_y[0][0].T)) if factors_y else (
         empty, empty)
-    P, err, change, outer, inner_total = gromov_cpu.fixed_budget_pgd(
+    P, err, change, outer, inner_total = gromov_cpu.pgd(
         np.ascontiguousarray(C_x[0]), np.ascontiguousarray(C_y[0].T), np.ascontiguousarray(Ax),
         BxT, np.ascontiguousarray(By), AyT, factors_x is not None, factors_y is not None,
         np.ascontiguousarray(x0), dtype(1.0 / n), dtype(1.0 / m), tol, max_iter, inner,
-        dtype(floor), _fold_limit(floor), _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0,
-        _ANDERSON_START, _anderson_ridge(x0.dtype),
+        max_inner, dtype(floor), _fold_limit(floor), _NEWTON_AFTER, _newton_damping(x0.dtype),
+        _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0, _ANDERSON_START,
+        _anderson_ridge(x0.dtype),
     )
     return P, np.array([err], x0.dtype), np.array([change], x0.dtype), outer, inner_total
 

@@ -73,6 +73,12 @@ def copy_project(dest: Path) -> Path:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
+    # numba's compile cache (ignored by git): its index is keyed on each source file's mtime
+    # and size, which copy2 keeps, so the copy's stages load the compiled solver loops instead
+    # of compiling them again in every fresh project
+    for cached in REPO.glob("gmgcore/__pycache__/*.nb[ic]"):
+        (dest / "gmgcore/__pycache__").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(cached, dest / "gmgcore/__pycache__" / cached.name)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, env=env(), check=True, capture_output=True)
     return dest

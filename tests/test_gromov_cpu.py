@@ -125,8 +125,8 @@ def test_compiled_fixed_budget_loop_follows_the_generic_iterates(
     dtype: torch.dtype, low_x: bool, low_y: bool, eps: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    compiled = gromov_cpu.fixed_budget_pgd
-    monkeypatch.setattr(gromov_cpu, "fixed_budget_pgd", lambda *a: calls.append(1) or compiled(*a))
+    compiled = gromov_cpu.pgd
+    monkeypatch.setattr(gromov_cpu, "pgd", lambda *a: calls.append(1) or compiled(*a))
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(48, 4, generator=g, dtype=torch.float64), torch.randn(
         40, 6, generator=g, dtype=torch.float64)
@@ -160,3 +160,53 @@ def test_compiled_loop_folds_like_the_generic_loop() -> None:
     assert one.inner_iterations == two.inner_iterations == 105
     assert one.iterations == two.iterations == 20
     assert float((one.coupling - two.coupling[0]).abs().sum()) < 1e-4
+
+
+def _near_isometry(n: int, eps0: float, dtype: torch.dtype, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 10, generator=g, dtype=torch.float64)
+    rotation = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))[0]
+    y = x @ rotation + 0.05 * torch.randn(n, 10, generator=g, dtype=torch.float64)
+    C_x, C_y = (costs.pairwise_cost(t, "scaled_sqeuclidean").to(dtype) for t in (x, y))
+    return C_x, C_y, 2 * eps0 * float(C_x.mean() * C_y.mean())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_newton_step_matches_the_generic_code(dtype: np.dtype) -> None:
+    rng = np.random.default_rng(4)
+    K = np.exp(-3.0 * rng.random((9, 7))).astype(dtype)
+    u, v = rng.random((1, 9, 1)).astype(dtype) + 0.5, rng.random((1, 7, 1)).astype(dtype) + 0.5
+    p, q = dtype(1 / 9), dtype(1 / 7)
+    ref = gromov._newton_step(K[None], K.T[None], u, v, 1 / 9, 1 / 7, np)
+    got = gromov_cpu._newton_step(K, u.reshape(9), v.reshape(7), p, q,
+                                  gromov._newton_damping(np.dtype(dtype)))
+    assert got[3]
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(got[0], ref[0].reshape(9), rtol=rtol)
+    np.testing.assert_allclose(got[1], ref[1].reshape(7), rtol=rtol)
+    assert float(got[2]) == pytest.approx(float(ref[2][0]), rel=rtol)
+
+
+@pytest.mark.parametrize("eps0", [0.01, 0.001])
+def test_compiled_loop_takes_the_generic_newton_steps(
+    eps0: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a small ε Sinkhorn is too slow and both loops switch to Newton steps: in fp64 the
+    compiled loop (a single problem) repeats the torch backend's counts and coupling. In fp32
+    the Newton steps' acceptance sits at rounding level, so counts differ between any two
+    backends (numpy and torch too); the couplings still agree."""
+    newton = []
+    generic = gromov._newton_step
+    monkeypatch.setattr(gromov, "_newton_step", lambda *a: newton.append(1) or generic(*a))
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        C_x, C_y, eps = _near_isometry(48, eps0, dtype, seed=0)
+        budget = {"tol": 1e-6, "max_iter": 300}
+        b = gromov.solve(C_x, C_y, eps, backend="torch", **budget)
+        a = gromov.solve(C_x, C_y, eps, backend="numpy", **budget)
+        assert newton, "the torch backend took no Newton step"
+        assert bool(a.converged) and bool(b.converged)
+        if dtype == torch.float64:
+            assert (a.iterations, a.inner_iterations) == (b.iterations, b.inner_iterations)
+        assert float((a.coupling - b.coupling).abs().sum()) < tol
+        newton.clear()
