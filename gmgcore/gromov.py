@@ -397,7 +397,7 @@ def _pgd(
         factors_x = (factors_x[0] * scale, factors_x[1])
     else:
         C_x = C_x * scale
-    if xp is np and B == 1 and max(n, m) <= _COMPILED_SIDE:
+    if _compiled(xp, B, n, m):
         return _compiled_pgd(C_x, C_y, x0, tol, max_iter, inner_iterations, max_inner, floor,
                              factors_x, factors_y)
     g = x0[..., :1, :] * 0
@@ -435,6 +435,24 @@ def _pgd(
     return P, err, change, outer, inner_total
 
 
+def _compiled(xp: ModuleType, B: int, n: int, m: int) -> bool:
+    """Whether a solve runs its whole loop (and its end) compiled."""
+    return xp is np and B == 1 and max(n, m) <= _COMPILED_SIDE
+
+
+def _operands(C_x: np.ndarray, C_y: np.ndarray, factors_x: Factors | None,
+              factors_y: Factors | None) -> tuple[Any, ...]:
+    """The linearisation's operands for the compiled loops: ``C_x``, ``C_yᵀ``, ``A_x``,
+    ``B_xᵀ``, ``B_y``, ``A_yᵀ`` (C-contiguous, ``[1, 1]`` placeholders for absent factors) and
+    whether each side is in low-rank form."""
+    empty = np.zeros((1, 1), C_x.dtype)
+    Ax, BxT = (factors_x[0][0], factors_x[1][0].T) if factors_x else (empty, empty)
+    By, AyT = (factors_y[1][0], factors_y[0][0].T) if factors_y else (empty, empty)
+    arrays = (C_x[0], C_y[0].T, Ax, BxT, By, AyT)
+    return (*(np.ascontiguousarray(a) for a in arrays), factors_x is not None,
+            factors_y is not None)
+
+
 def _compiled_pgd(
     C_x: np.ndarray, C_y: np.ndarray, x0: np.ndarray, tol: float, max_iter: int, inner: int,
     max_inner: int, floor: float, factors_x: Factors | None, factors_y: Factors | None,
@@ -442,20 +460,29 @@ def _compiled_pgd(
     """:func:`_pgd` for one problem as one compiled call (:func:`gmgcore.gromov_cpu.pgd`);
     ``C_x`` / ``factors_x`` carry ``4/ε``."""
     n, m = x0.shape[-2:]
-    dtype, empty = x0.dtype.type, np.zeros((1, 1), x0.dtype)
-    Ax, BxT = (factors_x[0][0], np.ascontiguousarray(factors_x[1][0].T)) if factors_x else (
-        empty, empty)
-    By, AyT = (factors_y[1][0], np.ascontiguousarray(factors_y[0][0].T)) if factors_y else (
-        empty, empty)
+    dtype = x0.dtype.type
     P, err, change, outer, inner_total = gromov_cpu.pgd(
-        np.ascontiguousarray(C_x[0]), np.ascontiguousarray(C_y[0].T), np.ascontiguousarray(Ax),
-        BxT, np.ascontiguousarray(By), AyT, factors_x is not None, factors_y is not None,
-        np.ascontiguousarray(x0), dtype(1.0 / n), dtype(1.0 / m), tol, max_iter, inner,
-        max_inner, dtype(floor), _fold_limit(floor), _NEWTON_AFTER, _newton_damping(x0.dtype),
-        _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0, _ANDERSON_START,
-        _anderson_ridge(x0.dtype),
+        *_operands(C_x, C_y, factors_x, factors_y), np.ascontiguousarray(x0), dtype(1.0 / n),
+        dtype(1.0 / m), tol, max_iter, inner, max_inner, dtype(floor), _fold_limit(floor),
+        _NEWTON_AFTER, _newton_damping(x0.dtype), _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0,
+        _ANDERSON_START, _anderson_ridge(x0.dtype),
     )
     return P, np.array([err], x0.dtype), np.array([change], x0.dtype), outer, inner_total
+
+
+def _round_and_score(C_x: Array, C_y: Array, P: Array, factors_x: Factors | None,
+                     factors_y: Factors | None, xp: ModuleType) -> tuple[Array, Array, Array]:
+    """The last iterate rounded onto U(p, q), its quadratic cost ``[B]`` and its KL to the
+    product coupling ``[B]`` (one compiled call for a small single problem on CPU)."""
+    B, n, m = P.shape
+    if _compiled(xp, B, n, m):
+        P, cost, kl = gromov_cpu.round_and_score(
+            np.ascontiguousarray(P), *_operands(C_x, C_y, factors_x, factors_y))
+        return P, np.array([cost], P.dtype), np.array([kl], P.dtype)
+    P = round_to_coupling(P, n, m)
+    cost = quadratic_cost(C_x, C_y, P, linearization(C_x, C_y, P, factors_x, factors_y))
+    tiny = float(xp.finfo(P.dtype).tiny)
+    return P, cost, (P * xp.log(xp.clip(P, tiny, None))).sum(axis=(-1, -2)) + math.log(n * m)
 
 
 def _use_numpy(device: torch.device, backend: str) -> bool:
@@ -527,10 +554,7 @@ def solve(
         x0 = xp.ones_like(Cx[..., :1] * Cy[..., :1, :]) / (n * m)
     P, err, change, outer, inner = _pgd(Cx, Cy, x0, eps_b, xp, tol, max_iter, inner_iterations,
                                         max_inner, fx, fy)
-    P = round_to_coupling(P, n, m)
-    cost = quadratic_cost(Cx, Cy, P, linearization(Cx, Cy, P, fx, fy))
-    tiny = float(xp.finfo(P.dtype).tiny)
-    kl = (P * xp.log(xp.clip(P, tiny, None))).sum(axis=(-1, -2)) + math.log(n * m)
+    P, cost, kl = _round_and_score(Cx, Cy, P, fx, fy, xp)
     entropic = cost + eps_b.reshape(-1) * kl
     converged = (change <= tol) & (err <= tol)
     out = [torch.as_tensor(a, device=C_x.device) for a in (P, cost, entropic, converged, err,

@@ -394,6 +394,13 @@ def _inner_solve(
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _axpy(y: np.ndarray, x: np.ndarray, a: float) -> None:
+    """``y += a x`` on 1-D arrays."""
+    for t in range(y.shape[0]):
+        y[t] += a * x[t]
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _anderson(F: np.ndarray, R: np.ndarray, gram: np.ndarray, slot: int, k: int,
               f: np.ndarray, r: np.ndarray, ridge: float, y: np.ndarray) -> int:
     """:class:`gmgcore.gromov._Anderson` for one problem: store the pair ``(f, r)`` in ring
@@ -402,15 +409,13 @@ def _anderson(F: np.ndarray, R: np.ndarray, gram: np.ndarray, slot: int, k: int,
     ``k == 1`` (the next point is ``f``), 2 when ``y`` holds the extrapolation, and 0 when
     the system is singular or the result is not finite (restart). Loops throughout: array
     expressions made this the slowest part of the loop to compile."""
-    size = F.shape[1]
     zero = y.reshape(-1)[0] * 0
-    ff, rr, yy = f.reshape(-1), r.reshape(-1), y.reshape(-1)
-    for t in range(size):
-        F[slot, t], R[slot, t] = ff[t], rr[t]
+    Fs, Rs = F[slot], R[slot]
+    Fs[:], Rs[:] = f.reshape(-1), r.reshape(-1)
     for j in range(k):
-        s = zero
-        for t in range(size):
-            s += R[slot, t] * R[j, t]
+        Rj, s = R[j], zero
+        for t in range(Rs.shape[0]):
+            s += Rs[t] * Rj[t]
         gram[slot, j] = s
         gram[j, slot] = s
     if k == 1:
@@ -426,14 +431,14 @@ def _anderson(F: np.ndarray, R: np.ndarray, gram: np.ndarray, slot: int, k: int,
     if not ok:
         return 0
     alpha = (alpha64 / alpha64.sum()).astype(y.dtype)
-    finite = True
-    for t in range(size):
-        s = zero
-        for i in range(k):
-            s += alpha[i] * F[i, t]
-        yy[t] = s
-        finite &= np.isfinite(s)
-    return 2 if finite else 0
+    yy = y.reshape(-1)
+    yy[:] = zero
+    for i in range(k):  # Σ_i α_i F_i in the order of the generic code
+        _axpy(yy, F[i], alpha[i])
+    check = zero
+    for t in range(yy.shape[0]):
+        check += yy[t] * 0  # NaN iff an entry is NaN or ±inf
+    return 2 if check == 0 else 0
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -484,3 +489,71 @@ def pgd(
             count = 0
         last = change
     return P, err, change, outer, inner_total
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def round_and_score(
+    P: np.ndarray, Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
+    By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool,
+) -> tuple[np.ndarray, float, float]:
+    """The end of a solve for one problem (``P`` ``[1, n, m]``, costs without ``4/ε``): the
+    coupling rounded onto U(p, q) (:func:`gmgcore.gromov.round_to_coupling`), its quadratic
+    cost (:func:`gmgcore.gromov.quadratic_cost`) and :math:`\\sum P \\log P + \\log(nm)` (the
+    KL to the product coupling)."""
+    _, n, m = P.shape
+    Q = P[0].copy()
+    zero = np.zeros(1, P.dtype)[0]
+    p, q = _cast(1.0 / n, Q), _cast(1.0 / m, Q)
+    tiny = np.finfo(P.dtype).tiny
+    for i in range(n):
+        row, s = Q[i], zero
+        for j in range(m):
+            s += row[j]
+        f = min(p / s, _cast(1.0, Q))
+        for j in range(m):
+            row[j] *= f
+    col = np.zeros(m, P.dtype)
+    for i in range(n):
+        _axpy(col, Q[i], _cast(1.0, Q))
+    for j in range(m):
+        col[j] = min(q / col[j], _cast(1.0, Q))
+    err_r, err_c = np.empty(n, P.dtype), np.zeros(m, P.dtype)
+    total = zero
+    for i in range(n):
+        row, s = Q[i], zero
+        for j in range(m):
+            row[j] *= col[j]
+            s += row[j]
+            err_c[j] += row[j]
+        err_r[i] = max(p - s, zero)
+        total += err_r[i]
+    for j in range(m):
+        err_c[j] = max(q - err_c[j], zero)
+    total = max(total, tiny)
+    r, c = np.empty(n, P.dtype), np.zeros(m, P.dtype)
+    kl = zero
+    for i in range(n):
+        row, s = Q[i], zero
+        for j in range(m):
+            t = row[j] + err_r[i] * err_c[j] / total
+            row[j] = t
+            s += t
+            c[j] += t
+            kl += t * np.log(max(t, tiny))
+        r[i] = s
+    G = _linearization(Cx, CyT, Ax, BxT, By, AyT, low_x, low_y, Q)
+    term_x, term_y, cross = zero, zero, zero
+    for i in range(n):
+        s = zero
+        for k in range(n):
+            s += Cx[i, k] * Cx[i, k] * r[k]
+        term_x += r[i] * s
+        for j in range(m):
+            cross += G[i, j] * Q[i, j]
+    for j in range(m):
+        s = zero
+        for k in range(m):
+            s += CyT[k, j] * CyT[k, j] * c[k]
+        term_y += c[j] * s
+    cost = term_x + term_y - 2 * cross
+    return Q.reshape(1, n, m), cost, kl + _cast(math.log(n * m), Q)

@@ -142,6 +142,10 @@ def test_compiled_fixed_budget_loop_follows_the_generic_iterates(
     tol = 1e-5 if dtype == torch.float32 else 1e-11
     assert float((a.coupling - b.coupling).abs().sum()) < tol
     assert bool(a.converged) == bool(b.converged)
+    # the end of the solve (rounding, cost, entropic cost) is compiled too
+    assert float(a.cost) == pytest.approx(float(b.cost), rel=100 * tol)
+    assert float(a.entropic_cost) == pytest.approx(float(b.entropic_cost), rel=100 * tol)
+    assert float(a.coupling.sum(1).sub(1 / 48).abs().max()) < (1e-6 if tol > 1e-8 else 1e-15)
 
 
 def test_compiled_loop_folds_like_the_generic_loop() -> None:
@@ -210,3 +214,23 @@ def test_compiled_loop_takes_the_generic_newton_steps(
             assert (a.iterations, a.inner_iterations) == (b.iterations, b.inner_iterations)
         assert float((a.coupling - b.coupling).abs().sum()) < tol
         newton.clear()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_round_and_score_matches_the_generic_code(dtype: np.dtype, low_rank: bool) -> None:
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((9, 3)), rng.standard_normal((7, 4))
+    C_x, C_y = (costs.pairwise_cost(torch.from_numpy(t), "scaled_sqeuclidean").numpy()
+                .astype(dtype)[None] for t in (x, y))
+    fx = tuple(f.numpy().astype(dtype)[None] for f in costs.pairwise_cost_factors(
+        torch.from_numpy(x), "scaled_sqeuclidean")) if low_rank else None
+    P = rng.random((1, 9, 7)).astype(dtype) / 63  # marginals off by up to 50 %
+    got = gromov._round_and_score(C_x, C_y, P, fx, None, np)
+    ref_P = gromov.round_to_coupling(P, 9, 7)
+    ref_cost = gromov.quadratic_cost(C_x, C_y, ref_P)
+    ref_kl = (ref_P * np.log(ref_P)).sum() + math.log(63)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got[0], ref_P, rtol=rtol)
+    np.testing.assert_allclose(got[1], ref_cost, rtol=rtol)
+    np.testing.assert_allclose(got[2], ref_kl, rtol=rtol, atol=rtol)
