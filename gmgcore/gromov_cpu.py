@@ -247,6 +247,21 @@ def _cast(x: float, like: np.ndarray) -> float:
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _mass(K: np.ndarray, u: np.ndarray, v: np.ndarray) -> float:
+    """:math:`\sum_{ij} u_i K_{ij} v_j` accumulated in float64. Near convergence the Newton
+    line search compares two such values that differ by about the squared marginal error: in
+    fp32 sums that difference drowns in rounding, the search rejects good steps at random,
+    and Newton stalls (2,007 steps instead of 41 on an n = 96 fp32 problem)."""
+    total = 0.0
+    for i in range(K.shape[0]):
+        row, s = K[i], 0.0
+        for j in range(K.shape[1]):
+            s += float(row[j]) * float(v[j])
+        total += float(u[i]) * s
+    return total
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _newton_step(
     K: np.ndarray, u: np.ndarray, v: np.ndarray, p: float, q: float, damping: float
 ) -> tuple[np.ndarray, np.ndarray, float, bool]:
@@ -274,15 +289,11 @@ def _newton_step(
         for j in range(m):
             P[i, j] = u[i] * K[i, j] * v[j]
             Q[i, j] = P[i, j] / r[i]
-    A, rhs = np.zeros((m, m)), np.empty(m)
-    for i in range(n):
-        for j in range(m):
-            pij = P[i, j]
-            for k in range(m):
-                A[j, k] -= pij * Q[i, k]
+    PQ = np.dot(np.ascontiguousarray(P.T), Q)  # BLAS, with the signature of the linearisation's
+    A, rhs = np.empty((m, m)), np.empty(m)
     for j in range(m):
         for k in range(m):
-            A[j, k] += float(q) / m
+            A[j, k] = float(q) / m - PQ[j, k]
         A[j, j] += damping * c[j]
         t = q - c[j]
         for i in range(n):
@@ -303,20 +314,14 @@ def _newton_step(
     for j in range(m):
         slope += (c[j] - q) * db[j]
         sum_db += db[j]
-    phi0 = r.sum()
+    phi0 = _mass(K, u, v)
     t = min(1.0, 30.0 / max(float(np.abs(da).max()), float(np.abs(db).max()), 1e-30))
     u2, v2 = u, v
     for _ in range(30):
         tt = _cast(t, K)
         u2, v2 = u * np.exp(tt * da), v * np.exp(tt * db)
-        phi = zero
-        for i in range(n):
-            row, s = K[i], zero
-            for j in range(m):
-                s += row[j] * v2[j]
-            phi += u2[i] * s
-        phi -= tt * (p * sum_da + q * sum_db)
-        if phi <= phi0 + _cast(0.25, K) * tt * slope:
+        phi = _mass(K, u2, v2) - t * (float(p) * float(sum_da) + float(q) * float(sum_db))
+        if phi <= phi0 + 0.25 * t * float(slope):
             break
         t *= 0.5
     return u2, v2, err, True
