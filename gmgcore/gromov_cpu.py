@@ -289,7 +289,9 @@ def _newton_step(
         for j in range(m):
             P[i, j] = u[i] * K[i, j] * v[j]
             Q[i, j] = P[i, j] / r[i]
-    PQ = np.dot(np.ascontiguousarray(P.T), Q)  # BLAS, with the signature of the linearisation's
+    # Pᵀ (P / r) by BLAS: np.dot of two C-contiguous matrices, a call the linearisation has
+    # compiled already (no extra compile time)
+    PQ = np.dot(np.ascontiguousarray(P.T), Q)
     A, rhs = np.empty((m, m)), np.empty(m)
     for j in range(m):
         for k in range(m):
