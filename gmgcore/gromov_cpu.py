@@ -416,7 +416,7 @@ def _anderson(F: np.ndarray, R: np.ndarray, gram: np.ndarray, slot: int, k: int,
     ``k == 1`` (the next point is ``f``), 2 when ``y`` holds the extrapolation, and 0 when
     the system is singular or the result is not finite (restart). Loops throughout: array
     expressions made this the slowest part of the loop to compile."""
-    zero = y.reshape(-1)[0] * 0
+    zero = _cast(0.0, y)
     Fs, Rs = F[slot], R[slot]
     Fs[:], Rs[:] = f.reshape(-1), r.reshape(-1)
     for j in range(k):
@@ -509,7 +509,7 @@ def round_and_score(
     KL to the product coupling)."""
     _, n, m = P.shape
     Q = P[0].copy()
-    zero = np.zeros(1, P.dtype)[0]
+    zero = _cast(0.0, P)
     p, q = _cast(1.0 / n, Q), _cast(1.0 / m, Q)
     tiny = np.finfo(P.dtype).tiny
     for i in range(n):
