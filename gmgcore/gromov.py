@@ -67,10 +67,13 @@ _ANDERSON_MEMORY = 5  # outer steps mixed by Anderson acceleration (0: plain PGD
 _ANDERSON_START = 1e-3  # accelerate once the L1 coupling change is below this
 _NEWTON_AFTER = 0.5  # Newton once Sinkhorn would need more than this × max(m, 64) iterations
 # Up to n, m ≤ this a single problem runs its whole loop compiled (its Newton systems are solved
-# by plain elimination). Above it the generic loop (with compiled kernel, Sinkhorn and step
-# pieces) is faster on 2 threads: inside the compiled loop BLAS's spinning worker threads slow
-# the single-threaded sweeps (docs/gw.md)
+# by plain elimination), and up to the second size when a cost is in low-rank form. Above it
+# the generic loop (with compiled kernel, Sinkhorn and step pieces) is as fast or faster on 2
+# threads: after a full matrix product inside the compiled loop, BLAS's spinning worker thread
+# can halve the speed of the single-threaded sweeps, and LAPACK solves the larger Newton systems
+# (docs/gw.md)
 _COMPILED_SIDE = 96
+_COMPILED_SIDE_LOW_RANK = 128
 
 
 @dataclass(frozen=True)
@@ -397,7 +400,7 @@ def _pgd(
         factors_x = (factors_x[0] * scale, factors_x[1])
     else:
         C_x = C_x * scale
-    if _compiled(xp, B, n, m):
+    if _compiled(xp, B, n, m, factors_x, factors_y):
         return _compiled_pgd(C_x, C_y, x0, tol, max_iter, inner_iterations, max_inner, floor,
                              factors_x, factors_y)
     g = x0[..., :1, :] * 0
@@ -435,9 +438,12 @@ def _pgd(
     return P, err, change, outer, inner_total
 
 
-def _compiled(xp: ModuleType, B: int, n: int, m: int) -> bool:
+def _compiled(xp: ModuleType, B: int, n: int, m: int, factors_x: Factors | None,
+              factors_y: Factors | None) -> bool:
     """Whether a solve runs its whole loop (and its end) compiled."""
-    return xp is np and B == 1 and max(n, m) <= _COMPILED_SIDE
+    low_rank = factors_x is not None or factors_y is not None
+    side = _COMPILED_SIDE_LOW_RANK if low_rank else _COMPILED_SIDE
+    return xp is np and B == 1 and max(n, m) <= side
 
 
 def _operands(C_x: np.ndarray, C_y: np.ndarray, factors_x: Factors | None,
@@ -475,7 +481,7 @@ def _round_and_score(C_x: Array, C_y: Array, P: Array, factors_x: Factors | None
     """The last iterate rounded onto U(p, q), its quadratic cost ``[B]`` and its KL to the
     product coupling ``[B]`` (one compiled call for a small single problem on CPU)."""
     B, n, m = P.shape
-    if _compiled(xp, B, n, m):
+    if _compiled(xp, B, n, m, factors_x, factors_y):
         P, cost, kl = gromov_cpu.round_and_score(
             np.ascontiguousarray(P), *_operands(C_x, C_y, factors_x, factors_y))
         return P, np.array([cost], P.dtype), np.array([kl], P.dtype)

@@ -11,7 +11,7 @@ overhead, not the arithmetic, sets its time. Two levels replace them:
 * :func:`pgd` runs the whole mirror-descent loop of one problem (any budget), with the same
   folds, Newton steps and Anderson steps as the generic loop. Its kernel uses
   :func:`_exp_nonpositive`, a vectorisable ``exp`` within 2 ulp. The solver uses it up to
-  n, m ≤ 96 (:data:`gmgcore.gromov._COMPILED_SIDE`).
+  n, m ≤ 96, or 128 with a cost in low-rank form (:data:`gmgcore.gromov._COMPILED_SIDE`).
 
 The arithmetic is the same elementwise; sums run in a different order (within rounding). NaN
 and inf propagate as in numpy (no ``nnan`` / ``ninf`` fast-math flags outside

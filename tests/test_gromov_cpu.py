@@ -148,6 +148,30 @@ def test_compiled_fixed_budget_loop_follows_the_generic_iterates(
     assert float(a.coupling.sum(1).sub(1 / 48).abs().max()) < (1e-6 if tol > 1e-8 else 1e-15)
 
 
+@pytest.mark.parametrize("low_rank", [True, False])
+def test_a_128_point_problem_runs_compiled_only_with_a_low_rank_side(
+    low_rank: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dense products inside the compiled loop slow its sweeps from n = 128 on (docs/gw.md), so
+    there only a problem with a cost in low-rank form runs compiled; both paths reach the torch
+    backend's iterates."""
+    calls = []
+    compiled = gromov_cpu.pgd
+    monkeypatch.setattr(gromov_cpu, "pgd", lambda *a: calls.append(1) or compiled(*a))
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(128, 10, generator=g, dtype=torch.float64), torch.randn(
+        128, 30, generator=g, dtype=torch.float64)
+    C_x, C_y = (costs.pairwise_cost(t, "scaled_sqeuclidean") for t in (x, y))
+    eps = 2 * 0.1 * float(C_x.mean() * C_y.mean())
+    fx = costs.pairwise_cost_factors(x, "scaled_sqeuclidean") if low_rank else None
+    a = gromov.solve(C_x, C_y, eps, tol=1e-8, factors_x=fx, backend="numpy")
+    b = gromov.solve(C_x, C_y, eps, tol=1e-8, factors_x=fx, backend="torch")
+    assert calls == ([1] if low_rank else [])
+    assert (a.iterations, a.inner_iterations) == (b.iterations, b.inner_iterations)
+    assert float((a.coupling - b.coupling).abs().sum()) < 1e-10
+    assert float(a.cost) == pytest.approx(float(b.cost), rel=1e-9)
+
+
 def test_compiled_loop_folds_like_the_generic_loop() -> None:
     """fp32 near-isometry at a small ε: the scalings pass fp32's fold limit, and one outer step
     gets the extra block (105 Sinkhorn iterations in 20 steps). A batch of two copies runs the
