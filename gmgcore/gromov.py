@@ -66,6 +66,7 @@ Array = Any  # a numpy array or a torch tensor: the numerics below are written f
 _ANDERSON_MEMORY = 5  # outer steps mixed by Anderson acceleration (0: plain PGD)
 _ANDERSON_START = 1e-3  # accelerate once the L1 coupling change is below this
 _NEWTON_AFTER = 0.5  # Newton once Sinkhorn would need more than this × max(m, 64) iterations
+_OMEGA_MAX = 1.8  # largest Sinkhorn over-relaxation factor
 # Up to n, m ≤ this a single problem runs its whole loop compiled (its Newton systems are solved
 # by plain elimination), and up to the second size when a cost is in low-rank form. Above it
 # the generic loop (with compiled kernel, Sinkhorn and step pieces) is as fast or faster on 2
@@ -194,26 +195,41 @@ def _kernel(S: Array, g: Array, floor: float, xp: ModuleType, out: Array | None 
 
 
 def _sinkhorn_block(
-    K: Array, v: Array, count: int, p: float, q: float, xp: ModuleType
+    K: Array, u: Array, v: Array, count: int, p: float, q: float, omega: float, fresh: bool,
+    xp: ModuleType,
 ) -> tuple[Array, Array, Array, float, float]:
-    """``count`` Sinkhorn iterations from the column scaling ``v [B, m, 1]``; returns ``u``,
-    ``v``, the L1 column-marginal error ``[B]`` of the iterate before the last update, and the
-    smallest and largest scaling (NaN if one is not finite)."""
+    """``count`` Sinkhorn iterations from the scalings ``u [B, n, 1]``, ``v [B, m, 1]``,
+    over-relaxed by ``omega`` (:func:`_relaxed`; 1 is plain Sinkhorn); with ``fresh`` the
+    first ``u`` is not relaxed (``u`` is not read). Returns ``u``, ``v``, the L1 column-marginal
+    error ``[B]`` of the iterate before the last update, and the smallest and largest scaling
+    (NaN if one is not finite)."""
     if xp is np:
         dtype = K.dtype.type
-        return gromov_cpu.sinkhorn(K, np.ascontiguousarray(v), count, dtype(p), dtype(q))
-    Kt = K.swapaxes(-1, -2)
-    for _ in range(count - 1):
-        u = p / (K @ v)
-        v = q / (Kt @ u)
-    u = p / (K @ v)
-    Ktu = Kt @ u
-    err = xp.abs(v * Ktu - q).sum(axis=(-1, -2))
-    v = q / Ktu
+        return gromov_cpu.sinkhorn(K, np.ascontiguousarray(u), np.ascontiguousarray(v), count,
+                                   dtype(p), dtype(q), dtype(omega), fresh)
+    Kt, c = K.swapaxes(-1, -2), omega - 1.0
+    for it in range(count):
+        new = p / (K @ v)
+        u = new if c == 0 or (fresh and it == 0) else _relaxed(new, u, c, xp)
+        Ktu = Kt @ u
+        if it == count - 1:
+            err = xp.abs(v * Ktu - q).sum(axis=(-1, -2))
+        new = q / Ktu
+        v = new if c == 0 else _relaxed(new, v, c, xp)
     lo, hi = min(float(u.min()), float(v.min())), max(float(u.max()), float(v.max()))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         lo = hi = math.nan
     return u, v, err, lo, hi
+
+
+def _relaxed(new: Array, old: Array, c: float, xp: ModuleType) -> Array:
+    """Over-relaxed Sinkhorn scaling: the plain update ``new`` times
+    ``clip(1 + c (new/old − 1), 1 − c, 2)``, ``c = ω − 1 ∈ [0, 1)``. The factor is the tangent at 1
+    of :math:`(new/old)^{ω-1}`, so the update matches the over-relaxed Sinkhorn of Thibault et
+    al. (2021) and Lehmann et al. (2022), :math:`u \leftarrow u^{1-ω} (p / Kv)^ω`, to first order
+    (same local rate), and its fixed points are Sinkhorn's; it needs no ``pow`` and stays
+    positive and increasing in ``new``."""
+    return new * xp.clip(1.0 + c * (new / old - 1.0), 1.0 - c, 2.0)
 
 
 def _newton_step(
@@ -251,16 +267,18 @@ def _newton_step(
 
 def _inner_solve(
     S: Array, g: Array, floor: float, target: float, inner_iterations: int, max_inner: int,
-    p: float, q: float, xp: ModuleType, out: Array | None = None,
-) -> tuple[Array, Array, Array, Array, Array, int, bool]:
+    p: float, q: float, omega: float, xp: ModuleType, out: Array | None = None,
+) -> tuple[Array, Array, Array, Array, Array, int, bool, float]:
     """Sinkhorn on the kernel of ``S + g`` until the L1 marginal error is ≤ ``target`` or
-    ``max_inner`` iterations; switches to Newton steps (each costs about m Sinkhorn iterations)
-    when the observed Sinkhorn rate predicts more than ``_NEWTON_AFTER · max(m, 64)`` more.
-    ``K`` is written into ``out`` (a buffer shaped like ``S``) when given. Returns ``K, u, v, g,
-    err, iterations, finite``."""
+    ``max_inner`` iterations, over-relaxed by ``omega`` as adapted from block to block
+    (:func:`gmgcore.gromov_cpu.relaxation`); switches to Newton steps (each costs about m
+    Sinkhorn iterations) when the observed Sinkhorn rate predicts more than
+    ``_NEWTON_AFTER · max(m, 64)`` more. ``K`` is written into ``out`` (a buffer shaped like
+    ``S``) when given. Returns ``K, u, v, g, err, iterations, finite, omega``."""
     K = _kernel(S, g, floor, xp, out)
     u, v = xp.ones_like(S[..., :1]), xp.ones_like(g).swapaxes(-1, -2)
     done, previous, newton, allow_newton, refolded = 0, math.inf, False, True, False
+    fresh, failed = True, False
     limit = _fold_limit(floor)
     budget = max_inner
     while done < budget:
@@ -272,13 +290,14 @@ def _inner_solve(
                 newton = allow_newton = False
                 count = min(inner_iterations, max_inner - done)
         if not newton:
-            u, v, err, lo, hi = _sinkhorn_block(K, v, count, p, q, xp)
+            u, v, err, lo, hi = _sinkhorn_block(K, u, v, count, p, q, omega, fresh, xp)
+            fresh = False
         else:
             lo, hi = min(float(u.min()), float(v.min())), max(float(u.max()), float(v.max()))
         done += count
         worst = float(err.max())
         if not (math.isfinite(worst) and math.isfinite(hi) and lo > 0):
-            return K, u, v, g, err, done, False
+            return K, u, v, g, err, done, False, omega
         if hi > limit or lo < 1 / limit:  # fold v into g, rebuild K (before trusting err)
             g = g + xp.log(v).swapaxes(-1, -2)
             K, v, newton, previous = _kernel(S, g, floor, xp, out), xp.ones_like(v), False, math.inf
@@ -292,11 +311,14 @@ def _inner_solve(
             continue
         if worst <= target:
             break
+        if not newton:
+            omega, failed = gromov_cpu.relaxation(omega, worst, previous, count, failed,
+                                                  _OMEGA_MAX)
         if allow_newton and not newton and 0 < worst < previous < math.inf:
             rate = math.log(worst / previous) / count
             newton = math.log(target / worst) / rate > _NEWTON_AFTER * max(v.shape[-2], 64)
         previous = worst
-    return K, u, v, g, err, done, True
+    return K, u, v, g, err, done, True, omega
 
 
 def _finish_step(
@@ -408,12 +430,12 @@ def _pgd(
     err, change = xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
     K, work = _empty(x0.shape, x0, xp), _empty(x0.shape, x0, xp)
     anderson = _Anderson(x0, _ANDERSON_MEMORY + 1, xp) if _ANDERSON_MEMORY else None
-    outer, inner_total, last = 0, 0, math.inf
+    outer, inner_total, last, omega = 0, 0, math.inf, 1.0
     while outer < max_iter:
         outer += 1
         S = linearization(C_x, C_y, x, factors_x, factors_y)
-        K, u, v, g, err, done, finite = _inner_solve(
-            S, g, floor, tol, inner_iterations, max_inner, p, q, xp, K
+        K, u, v, g, err, done, finite, omega = _inner_solve(
+            S, g, floor, tol, inner_iterations, max_inner, p, q, omega, xp, K
         )
         inner_total += done
         if not finite:
@@ -471,7 +493,7 @@ def _compiled_pgd(
         *_operands(C_x, C_y, factors_x, factors_y), np.ascontiguousarray(x0), dtype(1.0 / n),
         dtype(1.0 / m), tol, max_iter, inner, max_inner, dtype(floor), _fold_limit(floor),
         _NEWTON_AFTER, _newton_damping(x0.dtype), _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0,
-        _ANDERSON_START, _anderson_ridge(x0.dtype),
+        _ANDERSON_START, _anderson_ridge(x0.dtype), _OMEGA_MAX,
     )
     return P, np.array([err], x0.dtype), np.array([change], x0.dtype), outer, inner_total
 

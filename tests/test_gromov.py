@@ -179,7 +179,8 @@ def test_a_fold_at_the_end_of_a_fixed_budget_gets_one_more_block() -> None:
     S[:, :, 0] -= 30.0
     g = np.zeros((1, 1, 8), np.float32)
     floor = math.log(float(np.finfo(np.float32).tiny)) + 50.0
-    K, u, v, g2, err, done, finite = gromov._inner_solve(S, g, floor, 1e-5, 5, 5, 1 / 8, 1 / 8, np)
+    K, u, v, g2, err, done, finite, _ = gromov._inner_solve(S, g, floor, 1e-5, 5, 5, 1 / 8, 1 / 8,
+                                                            1.0, np)
     assert finite and done == 10
     assert float(g2[0, 0, 0]) > 20  # the column's offset moved into the potential
     P = u * K * v.swapaxes(-1, -2)
