@@ -283,22 +283,32 @@ def test_compiled_loop_takes_the_generic_newton_steps(
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("low_rank", [False, True])
 def test_round_and_score_matches_the_generic_code(dtype: np.dtype, low_rank: bool) -> None:
+    """The compiled end of a solve against the generic one; ``C_y`` is made non-symmetric,
+    which both use as given."""
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((9, 3)), rng.standard_normal((7, 4))
     C_x, C_y = (costs.pairwise_cost(torch.from_numpy(t), "scaled_sqeuclidean").numpy()
                 .astype(dtype)[None] for t in (x, y))
+    C_y = C_y + (0.1 * rng.random((1, 7, 7))).astype(dtype)
     fx = tuple(f.numpy().astype(dtype)[None] for f in costs.pairwise_cost_factors(
         torch.from_numpy(x), "scaled_sqeuclidean")) if low_rank else None
     P = rng.random((1, 9, 7)).astype(dtype) / 63  # marginals off by up to 50 %
-    got = gromov._round_and_score(C_x, C_y, P, fx, None, np)
-    ref_P = gromov.round_to_coupling(P, 9, 7)
-    ref_cost = gromov.quadratic_cost(C_x, C_y, ref_P)
-    ref_kl = (ref_P * np.log(ref_P)).sum() + math.log(63)
+    got_P, got_cost = gromov_cpu.round_and_score(P, *gromov._operands(C_x, C_y, fx, None))
+    ref_P, ref_cost, ref_kl = gromov._round_and_score(C_x, C_y, P, fx, None, np)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(got[0], ref_P, rtol=rtol)
-    np.testing.assert_allclose(got[1], ref_cost, rtol=rtol)
-    np.testing.assert_allclose(got[2], ref_kl, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(ref_P, gromov.round_to_coupling(P, 9, 7), rtol=0)
+    np.testing.assert_allclose(got_P, ref_P, rtol=rtol)
+    np.testing.assert_allclose(got_cost, ref_cost[0], rtol=rtol)
+    np.testing.assert_allclose(ref_kl, (ref_P * np.log(ref_P)).sum() + math.log(63), rtol=rtol)
 
+
+def test_all_finite_finds_nan_and_inf() -> None:
+    a = np.ones((5, 7), np.float32)
+    assert gromov_cpu.all_finite(a)
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[3, 6] = bad
+        assert not gromov_cpu.all_finite(b)
 
 
 def _marginal_error(K: np.ndarray, u: np.ndarray, v: np.ndarray) -> float:
