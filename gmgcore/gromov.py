@@ -31,10 +31,12 @@ domain, :math:`\log K = 4 C^x P_t C^{y\top}/\varepsilon + g`, with the column po
 subnormals, finite logs). Sinkhorn then runs in the scaling domain on that stabilised kernel,
 folding the scalings back into :math:`g` (and rebuilding the kernel) whenever they leave
 :math:`[e^{-|f|/2}, e^{|f|/2}]`, with f the clamp (about ``1e8`` in fp32), so that a clamped
-entry times a scaling stays negligible and no column is lost to the clamp; when
-its observed rate is too slow (small ε, sharp couplings), it switches to damped Newton steps on
-the same dual. Each outer step is solved to the marginal tolerance, as POT does; in the final
-linear phase the linearisation point is Anderson-extrapolated (same fixed points). The returned
+entry times a scaling stays negligible and no column is lost to the clamp. Sinkhorn is
+over-relaxed by Young's factor for its observed plain rate (same fixed points; see
+:func:`_relaxed`); when the observed rate is still too slow (small ε, sharp couplings), it
+switches to damped Newton steps on the same dual. Each outer step is solved to the marginal
+tolerance, as POT does; in the final linear phase the linearisation point is
+Anderson-extrapolated (same fixed points). The returned
 coupling is the last finite iterate rounded onto :math:`U(p, q)` (Altschuler, Weed & Rigollet
 2017, Alg. 2), so its marginals are exact up to rounding even when ``converged`` is False.
 Convergence: the last outer step moved :math:`P` by at most ``tol`` in L1 and its marginal error
