@@ -157,6 +157,20 @@ def test_small_solve_matches_lapack_and_reports_singular_systems() -> None:
     assert not gromov_cpu._solve_small(np.ones((3, 3)) - np.eye(3) * 0.0, np.ones(3))[1]
 
 
+def _count_compiled_loops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gains an entry whenever a solve runs the compiled loop."""
+    calls: list[int] = []
+    compiled = gromov_cpu.pgd
+    monkeypatch.setattr(gromov_cpu, "pgd", lambda *a: calls.append(1) or compiled(*a))
+    return calls
+
+
+def _points(n: int, d_x: int, m: int, d_y: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d_x, generator=g, dtype=torch.float64),
+            torch.randn(m, d_y, generator=g, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("low_x", "low_y"), [(False, False), (True, False), (False, True),
                                               (True, True)])
@@ -164,12 +178,8 @@ def test_small_solve_matches_lapack_and_reports_singular_systems() -> None:
 def test_compiled_fixed_budget_loop_follows_the_generic_iterates(
     dtype: torch.dtype, low_x: bool, low_y: bool, eps: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = []
-    compiled = gromov_cpu.pgd
-    monkeypatch.setattr(gromov_cpu, "pgd", lambda *a: calls.append(1) or compiled(*a))
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(48, 4, generator=g, dtype=torch.float64), torch.randn(
-        40, 6, generator=g, dtype=torch.float64)
+    calls = _count_compiled_loops(monkeypatch)
+    x, y = _points(48, 4, 40, 6, seed=1)
     C_x, C_y = (costs.pairwise_cost(t, "scaled_sqeuclidean").to(dtype) for t in (x, y))
     fx = tuple(t.to(dtype) for t in costs.pairwise_cost_factors(x, "scaled_sqeuclidean"))
     fy = tuple(t.to(dtype) for t in costs.pairwise_cost_factors(y, "scaled_sqeuclidean"))
@@ -195,12 +205,8 @@ def test_a_128_point_problem_runs_compiled_only_with_a_low_rank_side(
     """Dense products inside the compiled loop slow its sweeps from n = 128 on (docs/gw.md), so
     there only a problem with a cost in low-rank form runs compiled; both paths reach the torch
     backend's iterates."""
-    calls = []
-    compiled = gromov_cpu.pgd
-    monkeypatch.setattr(gromov_cpu, "pgd", lambda *a: calls.append(1) or compiled(*a))
-    g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(128, 10, generator=g, dtype=torch.float64), torch.randn(
-        128, 30, generator=g, dtype=torch.float64)
+    calls = _count_compiled_loops(monkeypatch)
+    x, y = _points(128, 10, 128, 30, seed=3)
     C_x, C_y = (costs.pairwise_cost(t, "scaled_sqeuclidean") for t in (x, y))
     eps = 2 * 0.1 * float(C_x.mean() * C_y.mean())
     fx = costs.pairwise_cost_factors(x, "scaled_sqeuclidean") if low_rank else None
