@@ -581,8 +581,8 @@ def solve(
     _check_shapes(C_x, C_y, init)
     batched = C_x.ndim == 3
     B, n, m = (C_x.shape[0] if batched else 1), C_x.shape[-1], C_y.shape[-1]
-    eps = (epsilon.detach().reshape(-1) if isinstance(epsilon, Tensor)
-           else torch.tensor([float(epsilon)], dtype=torch.float64))
+    eps = (epsilon.detach() if isinstance(epsilon, Tensor)
+           else torch.as_tensor(epsilon, dtype=torch.float64)).reshape(-1)
     if eps.numel() not in (1, B):
         raise ValueError(f"epsilon must be a scalar or have {B} entries; got {eps.numel()}")
     xp = np if _use_numpy(C_x.device, backend) else torch
