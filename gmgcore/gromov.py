@@ -226,7 +226,7 @@ def _sinkhorn_block(
 
 
 def _relaxed(new: Array, old: Array, c: float, xp: ModuleType) -> Array:
-    """Over-relaxed Sinkhorn scaling: the plain update ``new`` times
+    r"""Over-relaxed Sinkhorn scaling: the plain update ``new`` times
     ``clip(1 + c (new/old − 1), 1 − c, 2)``, ``c = ω − 1 ∈ [0, 1)``. The factor is the tangent at 1
     of :math:`(new/old)^{ω-1}`, so the update matches the over-relaxed Sinkhorn of Thibault et
     al. (2021) and Lehmann et al. (2022), :math:`u \leftarrow u^{1-ω} (p / Kv)^ω`, to first order
@@ -518,7 +518,7 @@ def _round_and_score(C_x: Array, C_y: Array, P: Array, factors_x: Factors | None
 
 
 def _kl(P: Array, xp: ModuleType) -> Array:
-    """:math:`\mathrm{KL}(P \,\|\, pq^\top) = \sum P \log P + \log(nm)` for couplings
+    r""":math:`\mathrm{KL}(P \,\|\, pq^\top) = \sum P \log P + \log(nm)` for couplings
     ``[B, n, m]`` of the uniform weights (``[B]``)."""
     n, m = P.shape[-2:]
     tiny = float(xp.finfo(P.dtype).tiny)
