@@ -35,8 +35,9 @@ entry times a scaling stays negligible and no column is lost to the clamp. Sinkh
 over-relaxed by Young's factor for its observed plain rate (same fixed points; see
 :func:`_relaxed`); when the observed rate is still too slow (small ε, sharp couplings), it
 switches to damped Newton steps on the same dual. Each outer step is solved to the marginal
-tolerance, as POT does; in the final linear phase the linearisation point is
-Anderson-extrapolated (same fixed points). The returned
+tolerance, as POT does; in the final linear phase the linearisation is Anderson-extrapolated
+(same fixed points) in its reduced form, ``B_xᵀ P C_yᵀ`` (``[r, m]``) when ``C_x`` is in
+low-rank form. The returned
 coupling is the last finite iterate rounded onto :math:`U(p, q)` (Altschuler, Weed & Rigollet
 2017, Alg. 2), so its marginals are exact up to rounding even when ``converged`` is False.
 Convergence: the last outer step moved :math:`P` by at most ``tol`` in L1 and its marginal error
@@ -44,9 +45,9 @@ Convergence: the last outer step moved :math:`P` by at most ``tol`` in L1 and it
 (the same arithmetic with far less per-call overhead on small matrices), with the kernel, the
 Sinkhorn blocks and the end of each outer step compiled, and a single small problem runs its
 whole loop compiled (:mod:`gmgcore.gromov_cpu`);
-``4/ε`` is folded into ``C_x`` once, and the kernel, the step residual and the Anderson history
-live in buffers reused across outer steps, so an outer step allocates only the linearisation
-and the new coupling.
+``4/ε`` is folded into ``C_x`` once, and the kernel and the Anderson history live in buffers
+reused across outer steps, so an outer step allocates only the linearisation and the new
+coupling.
 """
 
 from __future__ import annotations
@@ -115,14 +116,31 @@ def linearization(C_x: Array, C_y: Array, P: Array,
     (Peyré, Cuturi & Solomon 2016, Prop. 1). Factors ``(A, B)`` with ``C = A Bᵀ`` (``[.., n, r]``)
     replace the O(n³) products by O(r n²) ones: ``A_x ((B_xᵀ P) C_yᵀ)`` and its mirror image.
     Works on tensors (differentiably) and on numpy arrays."""
+    return _expand(_reduce(C_x, C_y, P, factors_x, factors_y), factors_x, factors_y)
+
+
+def _reduce(C_x: Array, C_y: Array, P: Array, factors_x: Factors | None,
+            factors_y: Factors | None) -> Array:
+    """The linearisation before its outer factors: ``B_xᵀ P C_yᵀ`` ``[B, r, m]`` with ``C_x`` in
+    low-rank form, ``C_x P B_y`` ``[B, n, r']`` with ``C_y`` in low-rank form, ``B_xᵀ P B_y``
+    with both, and ``C_x P C_yᵀ`` itself with neither. The solver's outer iteration depends on
+    its linearisation point only through this (smaller) array."""
     if factors_x is not None:
-        A, B = factors_x
-        if factors_y is not None:
-            return A @ (((B.swapaxes(-1, -2) @ P) @ factors_y[1]) @ factors_y[0].swapaxes(-1, -2))
-        return A @ ((B.swapaxes(-1, -2) @ P) @ C_y.swapaxes(-1, -2))
+        left = factors_x[1].swapaxes(-1, -2) @ P
+        return left @ (factors_y[1] if factors_y is not None else C_y.swapaxes(-1, -2))
     if factors_y is not None:
-        return (C_x @ (P @ factors_y[1])) @ factors_y[0].swapaxes(-1, -2)
+        return C_x @ (P @ factors_y[1])
     return (C_x @ P) @ C_y.swapaxes(-1, -2)
+
+
+def _expand(T: Array, factors_x: Factors | None, factors_y: Factors | None) -> Array:
+    """:func:`linearization` from :func:`_reduce`'s array: ``A_x T A_yᵀ`` (each factor only
+    where that side is in low-rank form)."""
+    if factors_x is not None:
+        T = factors_x[0] @ T
+    if factors_y is not None:
+        T = T @ factors_y[0].swapaxes(-1, -2)
+    return T
 
 
 def quadratic_cost(C_x: Array, C_y: Array, P: Array, G: Array | None = None) -> Array:
@@ -325,23 +343,23 @@ def _inner_solve(
 
 
 def _finish_step(
-    K: Array, u: Array, v: Array, x: Array, g: Array, work: Array, xp: ModuleType
-) -> tuple[Array, Array, Array, Array]:
-    """The outer step's coupling ``P = u K vᵀ``, its change ``r = P − x`` (written into
-    ``work``; ``K`` is overwritten), the new potential ``g + log vᵀ`` gauge-fixed to max 0, and
-    the L1 change ``[B]``. ``K`` may be overwritten. Returns ``g, P, r, change``."""
+    K: Array, u: Array, v: Array, x: Array, g: Array, xp: ModuleType
+) -> tuple[Array, Array, Array]:
+    """The outer step's coupling ``P = u K vᵀ``, the new potential ``g + log vᵀ`` gauge-fixed
+    to max 0, and the L1 change ``Σ|P − x|`` ``[B]`` from the previous coupling ``x``. ``K``
+    may be overwritten. Returns ``g, P, change``."""
     if xp is np:
         P = np.empty_like(K)
         g, change = gromov_cpu.finish_step(
-            K, np.ascontiguousarray(u), np.ascontiguousarray(v), x, g, P, work
+            K, np.ascontiguousarray(u), np.ascontiguousarray(v), x, g, P
         )
-        return g, P, work, change
+        return g, P, change
     g = g + xp.log(v).swapaxes(-1, -2)
     g = g - xp.amax(g, axis=-1, keepdims=True)
     P = u * K
     P *= v.swapaxes(-1, -2)
-    r = xp.subtract(P, x, out=work)
-    return g, P, r, xp.abs(r, out=K).sum(axis=(-1, -2))
+    r = xp.subtract(P, x, out=K)
+    return g, P, xp.abs(r, out=K).sum(axis=(-1, -2))
 
 
 def _fold_limit(floor: float) -> float:
@@ -369,7 +387,7 @@ def _empty(shape: tuple[int, ...], like: Array, xp: ModuleType) -> Array:
 
 class _Anderson:
     """Type-II Anderson extrapolation (Walker & Ni 2011) of a fixed-point map ``x → f(x)`` on
-    ``[B, n, m]`` iterates: ``Σ α_k f_k`` with ``Σ α_k = 1`` minimising ``‖Σ α_k r_k‖₂``,
+    ``[B, k, l]`` iterates: ``Σ α_k f_k`` with ``Σ α_k = 1`` minimising ``‖Σ α_k r_k‖₂``,
     ``r_k = f_k − x_k`` (ridge-regularised), per problem, over the last ``memory`` pairs. The
     pairs live in a preallocated ring (the combination does not depend on their order) and the
     Gram matrix of the residuals gains one row per step."""
@@ -412,11 +430,17 @@ def _pgd(
     """Mirror-descent loop on backend arrays ``[B, n, m]``. Only the column potential ``g``
     (units of ε, gauge-fixed to max 0) is carried between outer steps, and each Sinkhorn solve
     targets ``tol`` (inexact early solves were tried: they can change the local optimum reached
-    at small ε). Once the iteration is in its final linear phase (change <
-    ``_ANDERSON_START`` and shrinking), the next linearisation point is Anderson-extrapolated
-    from the last ``_ANDERSON_MEMORY + 1`` steps; the extrapolation restarts whenever the change
-    grows. ``4/ε`` is folded into ``C_x`` (or its first factor) once. Returns the last finite
-    Sinkhorn coupling (unrounded), its marginal error and change ``[B]``, and the counts."""
+    at small ε). An outer step sees its linearisation point only through :func:`_reduce`'s
+    array ``T`` (``[B, r, m]`` with ``C_x`` in low-rank form), so the iteration is the fixed-point
+    map ``T → _reduce(Sinkhorn(_expand(T)))``. Once it is in its final linear phase (L1
+    coupling change < ``_ANDERSON_START`` and a shrinking relative residual
+    ``‖T_out − T_in‖ / ‖T_out‖``), the next ``T`` is Anderson-extrapolated from the last
+    ``_ANDERSON_MEMORY + 1`` steps (same fixed points); the extrapolation restarts whenever the
+    residual grows. Keeping the history in this form costs O(r m) per step, against several
+    passes over ``[n, m]`` arrays for the coupling's. ``4/ε`` is folded into ``C_x`` (or its
+    first factor) once.
+    Returns the last finite Sinkhorn coupling (unrounded), its marginal error and its change
+    from the previous coupling ``[B]``, and the counts."""
     B, n, m = x0.shape
     p, q = 1.0 / n, 1.0 / m
     floor = math.log(float(xp.finfo(x0.dtype).tiny)) + 50.0
@@ -426,38 +450,47 @@ def _pgd(
     else:
         C_x = C_x * scale
     g = x0[..., :1, :] * 0
-    x = P = x0
+    P = x0
+    T = _reduce(C_x, C_y, x0, factors_x, factors_y)
     err, change = xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
-    K, work = _empty(x0.shape, x0, xp), _empty(x0.shape, x0, xp)
-    anderson = _Anderson(x0, _ANDERSON_MEMORY + 1, xp) if _ANDERSON_MEMORY else None
+    K = _empty(x0.shape, x0, xp)
+    anderson = _Anderson(T, _ANDERSON_MEMORY + 1, xp) if _ANDERSON_MEMORY else None
     outer, inner_total, last, omega = 0, 0, math.inf, 1.0
     while outer < max_iter:
         outer += 1
-        S = linearization(C_x, C_y, x, factors_x, factors_y)
         K, u, v, g, err, done, finite, omega = _inner_solve(
-            S, g, floor, tol, inner_iterations, max_inner, p, q, omega, xp, K
+            _expand(T, factors_x, factors_y), g, floor, tol, inner_iterations, max_inner, p, q,
+            omega, xp, K
         )
         inner_total += done
         if not finite:
             break
-        g, P, r, change = _finish_step(K, u, v, x, g, work, xp)
+        g, P, change = _finish_step(K, u, v, P, g, xp)
         worst = float(change.max())
         if max(worst, float(err.max())) <= tol:
             break
-        x = P
-        if anderson is not None and worst < min(last, _ANDERSON_START):
+        T, T_in = _reduce(C_x, C_y, P, factors_x, factors_y), T
+        residual = _relative_residual(T, T_in, xp)
+        if anderson is not None and worst < _ANDERSON_START and residual < last:
             try:
-                x = anderson(P, r)
-                if not bool(xp.isfinite(x).all()):
-                    x = P
+                extrapolated = anderson(T, T - T_in)
+                if bool(xp.isfinite(extrapolated).all()):
+                    T = extrapolated
+                else:
                     anderson.reset()
             except (np.linalg.LinAlgError, RuntimeError):  # torch's LinAlgError: RuntimeError
-                x = P
                 anderson.reset()
         elif anderson is not None:
             anderson.reset()
-        last = worst
+        last = residual
     return P, err, change, outer, inner_total
+
+
+def _relative_residual(T: Array, T_in: Array, xp: ModuleType) -> float:
+    """The largest relative fixed-point residual ``‖T − T_in‖ / ‖T‖`` (Frobenius) of a batch.
+    Anderson's progress is judged by it: the coupling change jumps with every extrapolation."""
+    diff = ((T - T_in) ** 2).sum(axis=(-1, -2))
+    return float(xp.sqrt(diff / (T * T).sum(axis=(-1, -2))).max())
 
 
 def _compiled(xp: ModuleType, B: int, n: int, m: int, factors_x: Factors | None,
