@@ -600,14 +600,9 @@ def pgd(
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def round_and_score(
-    P: np.ndarray, Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
-    By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool,
-) -> tuple[np.ndarray, float]:
-    """The end of a solve for one problem (``P`` ``[1, n, m]``, costs without ``4/ε``): the
-    coupling rounded onto U(p, q) (:func:`gmgcore.gromov.round_to_coupling`) and its
-    quadratic cost (:func:`gmgcore.gromov.quadratic_cost`). The KL stays in numpy, whose
-    vectorised ``log`` is several times faster than numba's scalar one."""
+def round_coupling(P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`gmgcore.gromov.round_to_coupling` for one problem (``P`` ``[1, n, m]``): the
+    rounded coupling ``[n, m]`` and its row and column sums."""
     _, n, m = P.shape
     Q = P[0].copy()
     zero = _cast(0.0, P)
@@ -647,19 +642,45 @@ def round_and_score(
             s += t
             c[j] += t
         r[i] = s
-    G = _expand(_reduce(Cx, CyT, BxT, By, low_x, low_y, Q), Ax, AyT, low_x, low_y)
+    return Q, r, c
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def score(Q: np.ndarray, G: np.ndarray, Cx: np.ndarray, Cy: np.ndarray, r: np.ndarray,
+          c: np.ndarray) -> float:
+    """:func:`gmgcore.gromov.quadratic_cost` of one coupling ``Q`` ``[n, m]`` with row and
+    column sums ``r``, ``c`` and linearisation ``G`` (costs without ``4/ε``). Loops only: a
+    BLAS product inside a compiled function slows the BLAS calls that follow it from n = 256
+    on, so the generic loop computes ``G`` in numpy."""
+    n, m = Q.shape
+    zero = _cast(0.0, Q)
     term_x, term_y, cross = zero, zero, zero
     for i in range(n):
         s = zero
         for k in range(n):
             s += Cx[i, k] * Cx[i, k] * r[k]
         term_x += r[i] * s
+        Gi, Qi = G[i], Q[i]
         for j in range(m):
-            cross += G[i, j] * Q[i, j]
-    for k in range(m):  # cᵀ (C_y ∘ C_y) c over the rows of C_yᵀ (the same quadratic form)
+            cross += Gi[j] * Qi[j]
+    for k in range(m):  # cᵀ (C_y ∘ C_y) c, by rows (a quadratic form is its transpose's)
         s = zero
         for j in range(m):
-            s += CyT[k, j] * CyT[k, j] * c[j]
+            s += Cy[k, j] * Cy[k, j] * c[j]
         term_y += c[k] * s
-    cost = term_x + term_y - 2 * cross
-    return Q.reshape(1, n, m), cost
+    return term_x + term_y - 2 * cross
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def round_and_score(
+    P: np.ndarray, Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
+    By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool,
+) -> tuple[np.ndarray, float]:
+    """The end of a solve for one small problem (``P`` ``[1, n, m]``, costs without ``4/ε``):
+    the coupling rounded onto U(p, q) (:func:`round_coupling`) and its quadratic cost
+    (:func:`score`). The KL stays in numpy, whose vectorised ``log`` is several times faster
+    than numba's scalar one."""
+    _, n, m = P.shape
+    Q, r, c = round_coupling(P)
+    G = _expand(_reduce(Cx, CyT, BxT, By, low_x, low_y, Q), Ax, AyT, low_x, low_y)
+    return Q.reshape(1, n, m), score(Q, G, Cx, CyT, r, c)
