@@ -236,7 +236,8 @@ def _sinkhorn_block(
             err = xp.abs(v * Ktu - q).sum(axis=(-1, -2))
         new = q / Ktu
         v = new if c == 0 else _relaxed(new, v, c, xp)
-    lo, hi = min(float(u.min()), float(v.min())), max(float(u.max()), float(v.max()))
+    lo, hi = _maxima(xp, -xp.minimum(u.amin(), v.amin()), xp.maximum(u.amax(), v.amax()))
+    lo = -lo
     if not (math.isfinite(lo) and math.isfinite(hi)):
         lo = hi = math.nan
     return u, v, err, lo, hi
@@ -474,11 +475,14 @@ def _pgd(
         if not finite:
             break
         g, P, change = _finish_step(K, u, v, P, g, xp)
-        worst = float(change.max())
-        if max(worst, float(err.max())) <= tol:
+        worst, worst_err = _maxima(xp, change, err)
+        if max(worst, worst_err) <= tol:
             break
         T, T_in = _reduce(C_x, C_y, P, factors_x, factors_y), T
-        residual = _relative_residual(T, T_in, xp)
+        # Anderson's progress is judged by the relative fixed-point residual ‖T − T_in‖ / ‖T‖:
+        # the coupling change jumps with every extrapolation.
+        (residual,) = _maxima(xp, xp.sqrt(((T - T_in) ** 2).sum(axis=(-1, -2))
+                                          / (T * T).sum(axis=(-1, -2))))
         if anderson is not None and worst < start and residual < last:
             try:
                 extrapolated = anderson(T, T - T_in)
@@ -494,11 +498,11 @@ def _pgd(
     return P, err, change, outer, inner_total
 
 
-def _relative_residual(T: Array, T_in: Array, xp: ModuleType) -> float:
-    """The largest relative fixed-point residual ``‖T − T_in‖ / ‖T‖`` (Frobenius) of a batch.
-    Anderson's progress is judged by it: the coupling change jumps with every extrapolation."""
-    diff = ((T - T_in) ** 2).sum(axis=(-1, -2))
-    return float(xp.sqrt(diff / (T * T).sum(axis=(-1, -2))).max())
+def _maxima(xp: ModuleType, *arrays: Array) -> list[float]:
+    """The largest entry of each array, as floats: on a device, one synchronisation for all."""
+    if xp is np:
+        return [float(a.max()) for a in arrays]
+    return torch.stack([a.max() for a in arrays]).tolist()
 
 
 def _compiled(xp: ModuleType, B: int, n: int, m: int, factors_x: Factors | None,
