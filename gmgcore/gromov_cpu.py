@@ -12,6 +12,8 @@ overhead, not the arithmetic, sets its time. Two levels replace them:
   folds, Newton steps and Anderson steps as the generic loop. Its kernel uses
   :func:`_exp_nonpositive`, a vectorisable ``exp`` within 2 ulp. The solver uses it up to
   n, m ≤ 96, or 128 with a cost in low-rank form (:data:`gmgcore.gromov._COMPILED_SIDE`).
+* :func:`round_coupling` and :func:`score` end a single problem's solve at any size (with
+  :func:`round_and_score` after :func:`pgd`).
 
 The arithmetic is the same elementwise; sums run in a different order (within rounding). NaN
 and inf propagate as in numpy (no ``nnan`` / ``ninf`` fast-math flags outside
@@ -27,7 +29,7 @@ import numba
 import numpy as np
 
 __all__ = ["all_finite", "log_kernel", "sinkhorn", "finish_step", "pgd", "relaxation",
-           "round_and_score"]
+           "round_and_score", "round_coupling", "score"]
 
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; NaN/inf kept
 # error_model="numpy": x / 0 gives inf or NaN (which the solver checks), not ZeroDivisionError
