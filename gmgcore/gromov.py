@@ -74,9 +74,11 @@ _OMEGA_MAX = 1.8  # largest Sinkhorn over-relaxation factor
 # the generic loop (with compiled kernel, Sinkhorn and step pieces) is as fast or faster on 2
 # threads: after a full matrix product inside the compiled loop, BLAS's spinning worker thread
 # can halve the speed of the single-threaded sweeps, and LAPACK solves the larger Newton systems
-# (docs/gw.md)
+# (docs/gw.md). With a low-rank cost the products are thin, and since Anderson keeps its
+# history in reduced form, the compiled loop is 20–36 % faster at n = 192–256, ε0 = 0.1 and
+# as fast at ε0 = 0.01.
 _COMPILED_SIDE = 96
-_COMPILED_SIDE_LOW_RANK = 128
+_COMPILED_SIDE_LOW_RANK = 256
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ overhead, not the arithmetic, sets its time. Two levels replace them:
 * :func:`pgd` runs the whole mirror-descent loop of one problem (any budget), with the same
   folds, Newton steps and Anderson steps as the generic loop. Its kernel uses
   :func:`_exp_nonpositive`, a vectorisable ``exp`` within 2 ulp. The solver uses it up to
-  n, m ≤ 96, or 128 with a cost in low-rank form (:data:`gmgcore.gromov._COMPILED_SIDE`).
+  n, m ≤ 96, or 256 with a cost in low-rank form (:data:`gmgcore.gromov._COMPILED_SIDE`).
 * :func:`round_coupling` and :func:`score` end a single problem's solve at any size (with
   :func:`round_and_score` after :func:`pgd`).
 

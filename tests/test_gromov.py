@@ -227,10 +227,10 @@ def test_anderson_and_buffers_keep_the_fixed_point_and_the_inputs(
     torch.testing.assert_close(accelerated.coupling, plain.coupling, rtol=0, atol=1e-8)
 
 
-@pytest.mark.parametrize("n", [60, 140])  # the compiled loop, and the generic one
+@pytest.mark.parametrize(("n", "backend"), [(60, "numpy"), (140, "torch")])  # compiled, generic
 @pytest.mark.parametrize("eps0", [0.1, 0.03])
 def test_anderson_on_the_reduced_linearisation_keeps_the_fixed_point_in_fewer_steps(
-    n: int, eps0: float, monkeypatch: pytest.MonkeyPatch
+    n: int, backend: str, eps0: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With ``C_x`` in low-rank form the extrapolation acts on ``B_xᵀ P C_yᵀ`` (``[r, m]``), not on
     the coupling: it reaches plain PGD's fixed point, in fewer outer steps."""
@@ -240,9 +240,10 @@ def test_anderson_on_the_reduced_linearisation_keeps_the_fixed_point_in_fewer_st
     C_x, C_y = (costs.pairwise_cost(t, "scaled_sqeuclidean") for t in (x, y))
     fx = costs.pairwise_cost_factors(x, "scaled_sqeuclidean")
     eps = 2 * eps0 * float(C_x.mean() * C_y.mean())
-    accelerated = gromov.solve(C_x, C_y, eps, tol=1e-10, max_iter=5000, factors_x=fx)
+    budget = {"tol": 1e-10, "max_iter": 5000, "factors_x": fx, "backend": backend}
+    accelerated = gromov.solve(C_x, C_y, eps, **budget)
     monkeypatch.setattr(gromov, "_ANDERSON_MEMORY", 0)
-    plain = gromov.solve(C_x, C_y, eps, tol=1e-10, max_iter=5000, factors_x=fx)
+    plain = gromov.solve(C_x, C_y, eps, **budget)
     assert bool(accelerated.converged) and bool(plain.converged)
     torch.testing.assert_close(accelerated.coupling, plain.coupling, rtol=0, atol=1e-8)
     assert accelerated.iterations < plain.iterations, (accelerated.iterations, plain.iterations)

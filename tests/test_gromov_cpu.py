@@ -199,14 +199,15 @@ def test_compiled_fixed_budget_loop_follows_the_generic_iterates(
 
 
 @pytest.mark.parametrize("low_rank", [True, False])
-def test_a_128_point_problem_runs_compiled_only_with_a_low_rank_side(
-    low_rank: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("n", [128, 256])
+def test_a_large_problem_runs_compiled_only_with_a_low_rank_side(
+    n: int, low_rank: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Dense products inside the compiled loop slow its sweeps from n = 128 on (docs/gw.md), so
-    there only a problem with a cost in low-rank form runs compiled; both paths reach the torch
-    backend's iterates."""
+    there only a problem with a cost in low-rank form runs compiled (up to n = 256); both paths
+    reach the torch backend's iterates."""
     calls = _count_compiled_loops(monkeypatch)
-    x, y = _points(128, 10, 128, 30, seed=3)
+    x, y = _points(n, 10, n, 30, seed=3)
     C_x, C_y = (costs.pairwise_cost(t, "scaled_sqeuclidean") for t in (x, y))
     eps = 2 * 0.1 * float(C_x.mean() * C_y.mean())
     fx = costs.pairwise_cost_factors(x, "scaled_sqeuclidean") if low_rank else None
