@@ -20,7 +20,9 @@ Conventions (all stated against POT 0.9.7, ``ot.gromov.entropic_gromov_wasserste
   :math:`\tfrac12 Q(P) - \varepsilon H(P)` used by :mod:`gmgcore.gap`.
 * ``cost`` is :math:`Q(P)`, with no ½ and no entropy (POT's ``log["gw_dist"]``);
   ``entropic_cost`` is :math:`Q(P) + \varepsilon\,\mathrm{KL}(P \,\|\, p q^\top)`, the objective
-  above up to the constant :math:`\varepsilon \log(nm)` (OTT's ``reg_gw_cost`` convention).
+  above up to the constant :math:`\varepsilon \log(nm)` (OTT's ``reg_gw_cost`` convention),
+  computed from the returned coupling on first access (its KL takes a ``log`` per entry,
+  0.9 ms at n = 512, which a caller after the coupling and ``cost`` does not pay).
 * ``C_x`` and ``C_y`` are assumed symmetric (true for every cost in :mod:`gmgcore.costs`); a
   non-symmetric input is used as given, without POT's symmetrisation.
 
@@ -52,6 +54,7 @@ coupling.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from types import ModuleType
@@ -88,22 +91,33 @@ class GWResult:
     Attributes:
         coupling: ``[n, m]`` coupling with marginals exactly ``1/n`` and ``1/m`` (up to rounding).
         cost: ``[]`` quadratic cost :math:`Q(P)` (no ½, no entropy).
-        entropic_cost: ``[]`` :math:`Q(P) + \\varepsilon \\mathrm{KL}(P \\| pq^\\top)`.
         iterations: outer (mirror-descent) steps run.
         inner_iterations: Sinkhorn iterations run (a Newton step counts as one), summed.
         converged: ``[]`` bool, per problem.
         marginal_error: ``[]`` L1 marginal error of the last iterate before rounding.
         coupling_change: ``[]`` L1 change of the coupling over the last outer step.
+        epsilon: ``[]`` POT's ε of the problem, in the coupling's dtype.
+        entropic_cost: ``[]`` :math:`Q(P) + \\varepsilon \\mathrm{KL}(P \\| pq^\\top)`,
+            computed on first access.
     """
 
     coupling: Tensor
     cost: Tensor
-    entropic_cost: Tensor
     iterations: int
     inner_iterations: int
     converged: Tensor
     marginal_error: Tensor
     coupling_change: Tensor
+    epsilon: Tensor
+
+    @functools.cached_property
+    def entropic_cost(self) -> Tensor:
+        P = self.coupling
+        if P.device.type == "cpu":
+            kl = torch.from_numpy(np.asarray(_kl(P.numpy().reshape(-1, *P.shape[-2:]), np)))
+        else:
+            kl = _kl(P.reshape(-1, *P.shape[-2:]), torch)
+        return self.cost + self.epsilon * kl.reshape(self.cost.shape)
 
 
 def _ns(a: Array) -> ModuleType:
@@ -528,47 +542,51 @@ def _operands(C_x: np.ndarray, C_y: np.ndarray, factors_x: Factors | None,
             factors_y is not None)
 
 
+@functools.cache
+def _dtype_settings(dtype: np.dtype) -> tuple[Any, ...]:
+    """The dtype-dependent arguments of :func:`gmgcore.gromov_cpu.pgd`: the clamp, the fold
+    limit, the Newton damping, and Anderson's start and ridge."""
+    floor = math.log(float(np.finfo(dtype).tiny)) + 50.0
+    return (dtype.type(floor), _fold_limit(floor), _newton_damping(dtype), _anderson_start(dtype),
+            _anderson_ridge(dtype))
+
+
 def _solve_compiled(
     C_x: np.ndarray, C_y: np.ndarray, x0: np.ndarray, eps: float, tol: float, max_iter: int,
     inner: int, max_inner: int, factors_x: Factors | None, factors_y: Factors | None,
 ) -> tuple[np.ndarray, ...]:
     """:func:`_pgd` and :func:`_round_and_score` for one problem ``[1, n, m]`` on CPU as two
     compiled calls (:func:`gmgcore.gromov_cpu.pgd`, :func:`gmgcore.gromov_cpu.round_and_score`)
-    on operands prepared once. Returns the rounded coupling, its cost and KL, the marginal error
-    and change, and the counts."""
+    on operands prepared once. Returns the rounded coupling, its cost, the marginal error and
+    change, and the counts."""
     n, m = x0.shape[-2:]
     dtype = x0.dtype.type
-    floor = math.log(float(np.finfo(x0.dtype).tiny)) + 50.0
     ops = _operands(C_x, C_y, factors_x, factors_y)
     scaled = list(ops)
-    scaled[2 if factors_x is not None else 0] = ops[2 if factors_x is not None else 0] * dtype(
-        4.0 / eps)
+    k = 2 if factors_x is not None else 0
+    scaled[k] = ops[k] * dtype(4.0 / eps)
+    floor, limit, damping, start, ridge = _dtype_settings(x0.dtype)
     P, err, change, outer, inner_total = gromov_cpu.pgd(
-        *scaled, np.ascontiguousarray(x0), dtype(1.0 / n), dtype(1.0 / m), tol, max_iter, inner,
-        max_inner, dtype(floor), _fold_limit(floor), _NEWTON_AFTER, _newton_damping(x0.dtype),
-        _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0, _anderson_start(x0.dtype),
-        _anderson_ridge(x0.dtype), _OMEGA_MAX,
-    )
+        *scaled, x0, dtype(1.0 / n), dtype(1.0 / m), tol, max_iter, inner, max_inner, floor,
+        limit, _NEWTON_AFTER, damping, _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0, start,
+        ridge, _OMEGA_MAX)
     P, cost = gromov_cpu.round_and_score(P, *ops)
-    return (P, np.array([cost], P.dtype), _kl(P, np), np.array([err], P.dtype),
-            np.array([change], P.dtype), outer, inner_total)
+    return P, cost, err, change, outer, inner_total
 
 
 def _round_and_score(C_x: Array, C_y: Array, P: Array, factors_x: Factors | None,
-                     factors_y: Factors | None, xp: ModuleType) -> tuple[Array, Array, Array]:
-    """The last iterate rounded onto U(p, q), its quadratic cost ``[B]`` and its KL to the
-    product coupling ``[B]``; for a single problem on CPU the rounding and the cost are compiled
-    (at n = 512 the numpy version took 4.5 ms, a quarter of the solve)."""
+                     factors_y: Factors | None, xp: ModuleType) -> tuple[Array, Array]:
+    """The last iterate rounded onto U(p, q) and its quadratic cost ``[B]``; for a single
+    problem on CPU the rounding and the cost are compiled (at n = 512 the numpy version took
+    4.5 ms, a quarter of the solve)."""
     B, n, m = P.shape
     if xp is np and B == 1:
         Q, r, c = gromov_cpu.round_coupling(P)
         P = Q.reshape(P.shape)
         G = linearization(C_x, C_y, P, factors_x, factors_y)
-        cost = gromov_cpu.score(Q, G[0], C_x[0], C_y[0], r, c)
-        return P, np.array([cost], P.dtype), _kl(P, np)
+        return P, np.array([gromov_cpu.score(Q, G[0], C_x[0], C_y[0], r, c)], P.dtype)
     P = round_to_coupling(P, n, m)
-    cost = quadratic_cost(C_x, C_y, P, linearization(C_x, C_y, P, factors_x, factors_y))
-    return P, cost, _kl(P, xp)
+    return P, quadratic_cost(C_x, C_y, P, linearization(C_x, C_y, P, factors_x, factors_y))
 
 
 def _kl(P: Array, xp: ModuleType) -> Array:
@@ -635,9 +653,8 @@ def solve(
     _check_shapes(C_x, C_y, init)
     batched = C_x.ndim == 3
     B, n, m = (C_x.shape[0] if batched else 1), C_x.shape[-1], C_y.shape[-1]
-    eps = (epsilon.detach() if isinstance(epsilon, Tensor)
-           else torch.as_tensor(epsilon, dtype=torch.float64)).reshape(-1)
-    if eps.numel() not in (1, B):
+    eps = epsilon.detach().reshape(-1) if isinstance(epsilon, Tensor) else float(epsilon)
+    if isinstance(eps, Tensor) and eps.numel() not in (1, B):
         raise ValueError(f"epsilon must be a scalar or have {B} entries; got {eps.numel()}")
     xp = np if _use_numpy(C_x.device, backend) else torch
 
@@ -651,7 +668,11 @@ def solve(
 
     Cx, Cy = conv(C_x), conv(C_y)
     x0 = None if init is None else conv(init)
-    eps_b = conv(eps.expand(B).reshape(B, 1, 1))
+    if xp is np and not isinstance(eps, Tensor):  # a float: no tensor round trip
+        eps_b = np.full((B, 1, 1), eps, Cx.dtype)
+    else:
+        eps_b = conv(torch.as_tensor(eps, dtype=torch.float64).reshape(-1).expand(B)
+                     .reshape(B, 1, 1))
     _check(Cx, Cy, x0, eps_b)
     fx = None if factors_x is None else (conv(factors_x[0]), conv(factors_x[1]))
     fy = None if factors_y is None else (conv(factors_y[0]), conv(factors_y[1]))
@@ -659,17 +680,17 @@ def solve(
         x0 = (np.full((B, n, m), 1.0 / (n * m), Cx.dtype) if xp is np
               else torch.full((B, n, m), 1.0 / (n * m), dtype=Cx.dtype, device=Cx.device))
     if _compiled(xp, B, n, m, fx, fy):
-        P, cost, kl, err, change, outer, inner = _solve_compiled(
+        P, cost, err, change, outer, inner = _solve_compiled(
             Cx, Cy, x0, float(eps_b[0, 0, 0]), tol, max_iter, inner_iterations, max_inner, fx, fy)
+        cost, err, change = (np.array([a], P.dtype) for a in (cost, err, change))
     else:
         P, err, change, outer, inner = _pgd(Cx, Cy, x0, eps_b, xp, tol, max_iter,
                                             inner_iterations, max_inner, fx, fy)
-        P, cost, kl = _round_and_score(Cx, Cy, P, fx, fy, xp)
-    entropic = cost + eps_b.reshape(-1) * kl
+        P, cost = _round_and_score(Cx, Cy, P, fx, fy, xp)
     converged = (change <= tol) & (err <= tol)
-    results = (P, cost, entropic, converged, err, change)
+    results = (P, cost, converged, err, change, eps_b.reshape(B))
     if xp is np:
-        out = [torch.from_numpy(np.asarray(a if batched else a[0])) for a in results]
+        out = [torch.from_numpy(a if batched else a[0, ...]) for a in results]
     else:
         out = [t if batched else t[0] for t in results]
-    return GWResult(out[0], out[1], out[2], outer, inner, out[3], out[4], out[5])
+    return GWResult(out[0], out[1], outer, inner, *out[2:])

@@ -67,6 +67,18 @@ def test_costs_against_the_explicit_four_index_sum() -> None:
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_the_entropic_cost_of_a_batch_uses_each_problems_epsilon(backend: str) -> None:
+    """``entropic_cost`` (computed on first access) is ``cost + ε KL(P || pqᵀ)`` per problem."""
+    clouds = [_clouds(7, 5, seed=s) for s in (2, 3)]
+    C_x, C_y = (torch.stack([c[k] for c in clouds]) for k in (0, 1))
+    eps = torch.tensor([0.3, 0.5], dtype=F64)
+    res = gromov.solve(C_x, C_y, eps, tol=1e-10, backend=backend)
+    kl = (res.coupling * torch.log(res.coupling * 35)).sum(dim=(-1, -2))
+    torch.testing.assert_close(res.epsilon, eps)
+    torch.testing.assert_close(res.entropic_cost, res.cost + eps * kl)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_isometric_permuted_copy_gives_zero_and_the_permutation(backend: str) -> None:
     n = 24
     g = torch.Generator().manual_seed(0)
