@@ -158,16 +158,28 @@ def _expand(T: Array, factors_x: Factors | None, factors_y: Factors | None) -> A
     return T
 
 
-def quadratic_cost(C_x: Array, C_y: Array, P: Array, G: Array | None = None) -> Array:
+def quadratic_cost(C_x: Array, C_y: Array, P: Array, factors_x: Factors | None = None,
+                   factors_y: Factors | None = None) -> Array:
     """:math:`Q(P) = \\sum_{ijkl} (C^x_{ik} - C^y_{jl})^2 P_{ij} P_{kl}
     = r^\\top C^{x2} r + c^\\top C^{y2} c - 2 \\langle C^x P C^{y\\top}, P\\rangle` (r, c the
-    marginals of P), ``[B]`` for ``P`` ``[B, n, m]``; ``G`` is :func:`linearization` at ``P``."""
-    if G is None:
-        G = linearization(C_x, C_y, P)
+    marginals of P), ``[B]`` for ``P`` ``[B, n, m]``; the last term by :func:`cross_term`."""
     r, c = P.sum(axis=-1, keepdims=True), P.sum(axis=-2, keepdims=True).swapaxes(-1, -2)
     term_x = (r.swapaxes(-1, -2) @ (C_x * C_x) @ r).reshape(-1)
     term_y = (c.swapaxes(-1, -2) @ (C_y * C_y) @ c).reshape(-1)
-    return term_x + term_y - 2 * (G * P).sum(axis=(-1, -2))
+    return term_x + term_y - 2 * cross_term(C_x, C_y, P, factors_x, factors_y)
+
+
+def cross_term(C_x: Array, C_y: Array, P: Array, factors_x: Factors | None = None,
+               factors_y: Factors | None = None) -> Array:
+    """:math:`\\langle C^x P C^{y\\top}, P\\rangle` ``[B]`` without the ``[n, m]``
+    linearisation: with :func:`_reduce`'s ``T``, it is :math:`\\langle T, A_x^\\top P A_y\\rangle`
+    (each factor only where that side is in low-rank form), the adjoint of :func:`_expand`."""
+    W = P
+    if factors_x is not None:
+        W = factors_x[0].swapaxes(-1, -2) @ W
+    if factors_y is not None:
+        W = W @ factors_y[0]
+    return (_reduce(C_x, C_y, P, factors_x, factors_y) * W).sum(axis=(-1, -2))
 
 
 def round_to_coupling(P: Array, n: int, m: int) -> Array:
@@ -583,10 +595,10 @@ def _round_and_score(C_x: Array, C_y: Array, P: Array, factors_x: Factors | None
     if xp is np and B == 1:
         Q, r, c = gromov_cpu.round_coupling(P)
         P = Q.reshape(P.shape)
-        G = linearization(C_x, C_y, P, factors_x, factors_y)
-        return P, np.array([gromov_cpu.score(Q, G[0], C_x[0], C_y[0], r, c)], P.dtype)
+        cross = cross_term(C_x, C_y, P, factors_x, factors_y)[0]
+        return P, np.array([gromov_cpu.score(Q, cross, C_x[0], C_y[0], r, c)], P.dtype)
     P = round_to_coupling(P, n, m)
-    return P, quadratic_cost(C_x, C_y, P, linearization(C_x, C_y, P, factors_x, factors_y))
+    return P, quadratic_cost(C_x, C_y, P, factors_x, factors_y)
 
 
 def _kl(P: Array, xp: ModuleType) -> Array:

@@ -648,23 +648,20 @@ def round_coupling(P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def score(Q: np.ndarray, G: np.ndarray, Cx: np.ndarray, Cy: np.ndarray, r: np.ndarray,
+def score(Q: np.ndarray, cross: float, Cx: np.ndarray, Cy: np.ndarray, r: np.ndarray,
           c: np.ndarray) -> float:
     """:func:`gmgcore.gromov.quadratic_cost` of one coupling ``Q`` ``[n, m]`` with row and
-    column sums ``r``, ``c`` and linearisation ``G`` (costs without ``4/ε``). Loops only: a
-    BLAS product inside a compiled function slows the BLAS calls that follow it from n = 256
-    on, so the generic loop computes ``G`` in numpy."""
+    column sums ``r``, ``c`` and cross term ``cross`` (:func:`gmgcore.gromov.cross_term`, costs
+    without ``4/ε``). Loops only: a BLAS product inside a compiled function slows the BLAS
+    calls that follow it from n = 256 on, so the generic loop computes ``cross`` in numpy."""
     n, m = Q.shape
     zero = _cast(0.0, Q)
-    term_x, term_y, cross = zero, zero, zero
+    term_x, term_y = zero, zero
     for i in range(n):
         s = zero
         for k in range(n):
             s += Cx[i, k] * Cx[i, k] * r[k]
         term_x += r[i] * s
-        Gi, Qi = G[i], Q[i]
-        for j in range(m):
-            cross += Gi[j] * Qi[j]
     for k in range(m):  # cᵀ (C_y ∘ C_y) c, by rows (a quadratic form is its transpose's)
         s = zero
         for j in range(m):
@@ -674,15 +671,30 @@ def score(Q: np.ndarray, G: np.ndarray, Cx: np.ndarray, Cy: np.ndarray, r: np.nd
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _cross(Q: np.ndarray, Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
+           By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool) -> float:
+    """:func:`gmgcore.gromov.cross_term` for one coupling ``Q`` ``[n, m]``: ``⟨T, A_xᵀ Q A_y⟩``
+    with :func:`_reduce`'s ``T``, without the ``[n, m]`` linearisation."""
+    T = _reduce(Cx, CyT, BxT, By, low_x, low_y, Q)
+    W = np.dot(np.ascontiguousarray(Ax.T), Q) if low_x else Q
+    if low_y:
+        W = np.dot(W, np.ascontiguousarray(AyT.T))
+    total = _cast(0.0, Q)
+    for k in range(T.shape[0]):
+        for j in range(T.shape[1]):
+            total += T[k, j] * W[k, j]
+    return total
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def round_and_score(
     P: np.ndarray, Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
     By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool,
 ) -> tuple[np.ndarray, float]:
     """The end of a solve for one small problem (``P`` ``[1, n, m]``, costs without ``4/ε``):
     the coupling rounded onto U(p, q) (:func:`round_coupling`) and its quadratic cost
-    (:func:`score`). The KL stays in numpy, whose vectorised ``log`` is several times faster
-    than numba's scalar one."""
+    (:func:`score`). The KL is left to :attr:`gmgcore.gromov.GWResult.entropic_cost`."""
     _, n, m = P.shape
     Q, r, c = round_coupling(P)
-    G = _expand(_reduce(Cx, CyT, BxT, By, low_x, low_y, Q), Ax, AyT, low_x, low_y)
-    return Q.reshape(1, n, m), score(Q, G, Cx, CyT, r, c)
+    cross = _cross(Q, Cx, CyT, Ax, BxT, By, AyT, low_x, low_y)
+    return Q.reshape(1, n, m), score(Q, cross, Cx, CyT, r, c)
