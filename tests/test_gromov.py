@@ -66,6 +66,27 @@ def test_costs_against_the_explicit_four_index_sum() -> None:
     torch.testing.assert_close(res.entropic_cost, quad + 0.3 * kl)
 
 
+@pytest.mark.parametrize(("low_x", "low_y"), [(False, False), (True, False), (False, True),
+                                             (True, True)])
+def test_the_cross_term_from_the_reduced_form_matches_the_full_linearisation(
+    low_x: bool, low_y: bool
+) -> None:
+    """``⟨C_x P C_yᵀ, P⟩`` computed as ``⟨T, A_xᵀ P A_y⟩`` equals the sum over the full
+    ``[n, m]`` linearisation, with either side, both or neither in low-rank form."""
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(9, 3, generator=g, dtype=F64), torch.randn(7, 4, generator=g, dtype=F64)
+    C_x, C_y = (costs.pairwise_cost(t, "sqeuclidean")[None] for t in (x, y))
+    fx = tuple(f[None] for f in costs.pairwise_cost_factors(x, "sqeuclidean")) if low_x else None
+    fy = tuple(f[None] for f in costs.pairwise_cost_factors(y, "sqeuclidean")) if low_y else None
+    P = torch.rand(1, 9, 7, generator=g, dtype=F64) / 63
+    full = (C_x @ P @ C_y.mT * P).sum(dim=(-1, -2))
+    torch.testing.assert_close(gromov.cross_term(C_x, C_y, P, fx, fy), full)
+    got = gromov.cross_term(C_x.numpy(), C_y.numpy(), P.numpy(),
+                            None if fx is None else tuple(f.numpy() for f in fx),
+                            None if fy is None else tuple(f.numpy() for f in fy))
+    np.testing.assert_allclose(got, full.numpy(), rtol=1e-12)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_the_entropic_cost_of_a_batch_uses_each_problems_epsilon(backend: str) -> None:
     """``entropic_cost`` (computed on first access) is ``cost + ε KL(P || pqᵀ)`` per problem."""

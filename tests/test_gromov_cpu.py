@@ -301,7 +301,7 @@ def test_round_and_score_matches_the_generic_code(dtype: np.dtype, low_rank: boo
         torch.from_numpy(x), "scaled_sqeuclidean")) if low_rank else None
     P = rng.random((1, 9, 7)).astype(dtype) / 63  # marginals off by up to 50 %
     # the whole end compiled (the compiled loop), and compiled rounding and cost around a numpy
-    # linearisation (the generic loop on one CPU problem), against the torch backend's code
+    # cross term (the generic loop on one CPU problem), against the torch backend's code
     got_P, got_cost = gromov_cpu.round_and_score(P, *gromov._operands(C_x, C_y, fx, None))
     np_P, np_cost = gromov._round_and_score(C_x, C_y, P, fx, None, np)
     ref_P, ref_cost = (t.numpy() for t in gromov._round_and_score(
