@@ -204,12 +204,17 @@ def _check(C_x: Array, C_y: Array, init: Array | None, eps: Array) -> None:
     if not (bool(xp.isfinite(eps).all()) and bool((eps > 0).all())):
         raise ValueError(f"epsilon must be finite and > 0; got {eps.reshape(-1).tolist()}")
     if init is not None:
-        n, m = init.shape[-2:]
-        rows = float(xp.abs(init.sum(axis=-1) - 1.0 / n).max())
-        cols = float(xp.abs(init.sum(axis=-2) - 1.0 / m).max())
-        if not (bool(xp.isfinite(init).all()) and bool((init >= 0).all())
-                and rows <= 1e-4 / n and cols <= 1e-4 / m):
-            raise ValueError("init must be a coupling of the uniform weights (marginals 1/n, 1/m)")
+        _check_init(init, xp)
+
+
+def _check_init(init: Array, xp: ModuleType) -> None:
+    """ValueError unless ``init`` ``[B, n, m]`` is a coupling of the uniform weights."""
+    n, m = init.shape[-2:]
+    rows = float(xp.abs(init.sum(axis=-1) - 1.0 / n).max())
+    cols = float(xp.abs(init.sum(axis=-2) - 1.0 / m).max())
+    if not (bool(xp.isfinite(init).all()) and bool((init >= 0).all())
+            and rows <= 1e-4 / n and cols <= 1e-4 / m):
+        raise ValueError("init must be a coupling of the uniform weights (marginals 1/n, 1/m)")
 
 
 def _check_shapes(C_x: Tensor, C_y: Tensor, init: Tensor | None) -> None:
@@ -541,19 +546,6 @@ def _compiled(xp: ModuleType, B: int, n: int, m: int, factors_x: Factors | None,
     return xp is np and B == 1 and max(n, m) <= side
 
 
-def _operands(C_x: np.ndarray, C_y: np.ndarray, factors_x: Factors | None,
-              factors_y: Factors | None) -> tuple[Any, ...]:
-    """The linearisation's operands for the compiled loops: ``C_x``, ``C_yᵀ``, ``A_x``,
-    ``B_xᵀ``, ``B_y``, ``A_yᵀ`` (C-contiguous, ``[1, 1]`` placeholders for absent factors) and
-    whether each side is in low-rank form."""
-    empty = np.zeros((1, 1), C_x.dtype)
-    Ax, BxT = (factors_x[0][0], factors_x[1][0].T) if factors_x else (empty, empty)
-    By, AyT = (factors_y[1][0], factors_y[0][0].T) if factors_y else (empty, empty)
-    arrays = (C_x[0], C_y[0].T, Ax, BxT, By, AyT)
-    return (*(np.ascontiguousarray(a) for a in arrays), factors_x is not None,
-            factors_y is not None)
-
-
 @functools.cache
 def _dtype_settings(dtype: np.dtype) -> tuple[Any, ...]:
     """The dtype-dependent arguments of :func:`gmgcore.gromov_cpu.pgd`: the clamp, the fold
@@ -563,27 +555,53 @@ def _dtype_settings(dtype: np.dtype) -> tuple[Any, ...]:
             _anderson_ridge(dtype))
 
 
-def _solve_compiled(
-    C_x: np.ndarray, C_y: np.ndarray, x0: np.ndarray, eps: float, tol: float, max_iter: int,
-    inner: int, max_inner: int, factors_x: Factors | None, factors_y: Factors | None,
-) -> tuple[np.ndarray, ...]:
-    """:func:`_pgd` and :func:`_round_and_score` for one problem ``[1, n, m]`` on CPU as two
-    compiled calls (:func:`gmgcore.gromov_cpu.pgd`, :func:`gmgcore.gromov_cpu.round_and_score`)
-    on operands prepared once. Returns the rounded coupling, its cost, the marginal error and
-    change, and the counts."""
-    n, m = x0.shape[-2:]
-    dtype = x0.dtype.type
-    ops = _operands(C_x, C_y, factors_x, factors_y)
-    scaled = list(ops)
-    k = 2 if factors_x is not None else 0
-    scaled[k] = ops[k] * dtype(4.0 / eps)
-    floor, limit, damping, start, ridge = _dtype_settings(x0.dtype)
-    P, err, change, outer, inner_total = gromov_cpu.pgd(
-        *scaled, x0, dtype(1.0 / n), dtype(1.0 / m), tol, max_iter, inner, max_inner, floor,
+_NO_FACTOR = {np.dtype(t): np.zeros((1, 1), t) for t in (np.float32, np.float64)}
+
+
+def _matrix(t: Tensor, like: Tensor) -> np.ndarray:
+    """A C-contiguous numpy ``[rows, cols]`` view (or copy) of a CPU tensor ``[.., rows, cols]``
+    in ``like``'s dtype."""
+    t = t.detach()
+    if t.dtype != like.dtype or t.device != like.device:
+        t = t.to(like)
+    a = t.numpy()
+    return np.ascontiguousarray(a.reshape(a.shape[-2:]))
+
+
+def _solve_single(
+    C_x: Tensor, C_y: Tensor, epsilon: float | Tensor, init: Tensor | None, batched: bool,
+    tol: float, max_iter: int, inner: int, max_inner: int, factors_x: Factors | None,
+    factors_y: Factors | None,
+) -> GWResult:
+    """:func:`solve` for one small problem on CPU as a single compiled call
+    (:func:`gmgcore.gromov_cpu.solve_single`): the checks, operands, loop, rounding and cost.
+    Its wrap around the loop (conversions, checks, result tensors) took a fifth to a third of a
+    whole solve at n = 64–128 as separate numpy and compiled calls."""
+    Cx, Cy = _matrix(C_x, C_x), _matrix(C_y, C_x)
+    dtype = Cx.dtype
+    eps = float(dtype.type(float(epsilon)))  # rounded to the costs' dtype, as for a batch
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"epsilon must be finite and > 0; got {[eps]}")
+    x0 = _NO_FACTOR[dtype] if init is None else _matrix(init, C_x)
+    if init is not None:
+        _check_init(x0[None], np)
+    none = _NO_FACTOR[dtype]
+    Ax, Bx = (none, none) if factors_x is None else (_matrix(f, C_x) for f in factors_x)
+    Ay, By = (none, none) if factors_y is None else (_matrix(f, C_x) for f in factors_y)
+    floor, limit, damping, start, ridge = _dtype_settings(dtype)
+    P, stats, outer, inner_total, finite = gromov_cpu.solve_single(
+        Cx, Cy, Ax, Bx, Ay, By, factors_x is not None, factors_y is not None, x0,
+        init is not None, eps, dtype.type(4.0 / eps), tol, max_iter, inner, max_inner, floor,
         limit, _NEWTON_AFTER, damping, _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0, start,
         ridge, _OMEGA_MAX)
-    P, cost = gromov_cpu.round_and_score(P, *ops)
-    return P, cost, err, change, outer, inner_total
+    if not finite:
+        raise ValueError("cost matrices contain NaN or inf")
+    converged = np.array(stats[2] <= tol and stats[1] <= tol)
+    if batched:
+        P, stats, converged = P[None], stats[:, None], converged[None]
+    values = [torch.from_numpy(stats[k, ...]) for k in range(4)]
+    return GWResult(torch.from_numpy(P), values[0], outer, inner_total,
+                    torch.from_numpy(converged), *values[1:])
 
 
 def _round_and_score(C_x: Array, C_y: Array, P: Array, factors_x: Factors | None,
@@ -669,6 +687,9 @@ def solve(
     if isinstance(eps, Tensor) and eps.numel() not in (1, B):
         raise ValueError(f"epsilon must be a scalar or have {B} entries; got {eps.numel()}")
     xp = np if _use_numpy(C_x.device, backend) else torch
+    if _compiled(xp, B, n, m, factors_x, factors_y):
+        return _solve_single(C_x, C_y, eps, init, batched, tol, max_iter, inner_iterations,
+                             max_inner, factors_x, factors_y)
 
     def conv(t: Tensor) -> Array:  # a backend array [B, ...] in C_x's dtype and place
         t = t.detach()
@@ -691,14 +712,9 @@ def solve(
     if x0 is None:
         x0 = (np.full((B, n, m), 1.0 / (n * m), Cx.dtype) if xp is np
               else torch.full((B, n, m), 1.0 / (n * m), dtype=Cx.dtype, device=Cx.device))
-    if _compiled(xp, B, n, m, fx, fy):
-        P, cost, err, change, outer, inner = _solve_compiled(
-            Cx, Cy, x0, float(eps_b[0, 0, 0]), tol, max_iter, inner_iterations, max_inner, fx, fy)
-        cost, err, change = (np.array([a], P.dtype) for a in (cost, err, change))
-    else:
-        P, err, change, outer, inner = _pgd(Cx, Cy, x0, eps_b, xp, tol, max_iter,
-                                            inner_iterations, max_inner, fx, fy)
-        P, cost = _round_and_score(Cx, Cy, P, fx, fy, xp)
+    P, err, change, outer, inner = _pgd(Cx, Cy, x0, eps_b, xp, tol, max_iter, inner_iterations,
+                                        max_inner, fx, fy)
+    P, cost = _round_and_score(Cx, Cy, P, fx, fy, xp)
     converged = (change <= tol) & (err <= tol)
     results = (P, cost, converged, err, change, eps_b.reshape(B))
     if xp is np:

@@ -14,6 +14,8 @@ overhead, not the arithmetic, sets its time. Two levels replace them:
   n, m ≤ 96, or 256 with a cost in low-rank form (:data:`gmgcore.gromov._COMPILED_SIDE`).
 * :func:`round_coupling` and :func:`score` end a single problem's solve at any size (with
   :func:`round_and_score` after :func:`pgd`).
+* :func:`solve_single` is the whole solve of a single small problem in one call: the finiteness
+  checks, the operands, :func:`pgd` and :func:`round_and_score`.
 
 The arithmetic is the same elementwise; sums run in a different order (within rounding). NaN
 and inf propagate as in numpy (no ``nnan`` / ``ninf`` fast-math flags outside
@@ -29,7 +31,7 @@ import numba
 import numpy as np
 
 __all__ = ["all_finite", "log_kernel", "sinkhorn", "finish_step", "pgd", "relaxation",
-           "round_and_score", "round_coupling", "score"]
+           "round_and_score", "round_coupling", "score", "solve_single"]
 
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; NaN/inf kept
 # error_model="numpy": x / 0 gives inf or NaN (which the solver checks), not ZeroDivisionError
@@ -698,3 +700,41 @@ def round_and_score(
     Q, r, c = round_coupling(P)
     cross = _cross(Q, Cx, CyT, Ax, BxT, By, AyT, low_x, low_y)
     return Q.reshape(1, n, m), score(Q, cross, Cx, CyT, r, c)
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def solve_single(
+    Cx: np.ndarray, Cy: np.ndarray, Ax: np.ndarray, Bx: np.ndarray, Ay: np.ndarray,
+    By: np.ndarray, low_x: bool, low_y: bool, x0: np.ndarray, has_init: bool, eps: float,
+    scale: float, tol: float, max_iter: int, inner: int, max_inner: int, floor: float, limit: float,
+    newton_after: float, damping: float, memory: int, anderson_start: float, ridge: float,
+    omega_max: float,
+) -> tuple[np.ndarray, np.ndarray, int, int, bool]:
+    """One problem's whole solve (:func:`gmgcore.gromov.solve` on CPU), in one call: the costs'
+    finiteness, the operands of :func:`pgd` (``C_yᵀ``, ``B_xᵀ``, ``A_yᵀ``, and ``scale = 4/ε``
+    folded into ``C_x`` or ``A_x``), the product init unless ``has_init`` (then ``x0`` ``[n, m]`` is
+    the init), :func:`pgd` and :func:`round_and_score`. ``Cx`` ``[n, n]``, ``Cy`` ``[m, m]``;
+    the factors ``[n, r]`` or ``[1, 1]`` placeholders when absent. Returns the rounded coupling
+    ``[n, m]``, ``[cost, marginal error, change, ε]`` in the costs' dtype, the outer and
+    Sinkhorn counts, and False (with nothing solved) when a cost is not finite."""
+    n, m = Cx.shape[0], Cy.shape[0]
+    stats = np.empty(4, Cx.dtype)
+    stats[3] = eps
+    if not (all_finite(Cx) and all_finite(Cy)):
+        return np.empty((n, m), Cx.dtype), stats, 0, 0, False
+    CyT, BxT = np.ascontiguousarray(Cy.T), np.ascontiguousarray(Bx.T)
+    AyT = np.ascontiguousarray(Ay.T)
+    Cx_s = Cx if low_x else Cx * scale
+    Ax_s = Ax * scale if low_x else Ax
+    if has_init:
+        start = x0.reshape(1, n, m)
+    else:
+        start = np.empty((1, n, m), Cx.dtype)
+        start[:] = _cast(1.0 / (n * m), Cx)
+    P, err, change, outer, inner_total = pgd(
+        Cx_s, CyT, Ax_s, BxT, By, AyT, low_x, low_y, start, _cast(1.0 / n, Cx),
+        _cast(1.0 / m, Cx), tol, max_iter, inner, max_inner, floor, limit, newton_after, damping,
+        memory, anderson_start, ridge, omega_max)
+    Q, cost = round_and_score(P, Cx, CyT, Ax, BxT, By, AyT, low_x, low_y)
+    stats[0], stats[1], stats[2] = cost, err, change
+    return Q.reshape(n, m), stats, outer, inner_total, True

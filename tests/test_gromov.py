@@ -233,6 +233,16 @@ def test_invalid_inputs_raise() -> None:
         gromov.solve(C_x, C_y, 0.1, init=torch.eye(5, dtype=F64))
     with pytest.raises(ValueError, match="square"):
         gromov.solve(C_x[:, :4], C_y, 0.1)
+    # a batch of two runs the generic loop, a single problem (batched or not) the compiled one
+    for batch in (1, 2):
+        C_xb, C_yb, badb = (t.expand(batch, 5, 5) for t in (C_x, C_y, bad))
+        with pytest.raises(ValueError, match="NaN or inf"):
+            gromov.solve(C_xb, badb, 0.1)
+        for eps in (float("nan"), -1.0, torch.tensor(float("inf"))):
+            with pytest.raises(ValueError, match="epsilon"):
+                gromov.solve(C_xb, C_yb, eps)
+        with pytest.raises(ValueError, match="init"):
+            gromov.solve(C_xb, C_yb, 0.1, init=torch.eye(5, dtype=F64).expand(batch, 5, 5))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

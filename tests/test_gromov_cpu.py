@@ -160,8 +160,8 @@ def test_small_solve_matches_lapack_and_reports_singular_systems() -> None:
 def _count_compiled_loops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """A list that gains an entry whenever a solve runs the compiled loop."""
     calls: list[int] = []
-    compiled = gromov_cpu.pgd
-    monkeypatch.setattr(gromov_cpu, "pgd", lambda *a: calls.append(1) or compiled(*a))
+    compiled = gromov_cpu.solve_single
+    monkeypatch.setattr(gromov_cpu, "solve_single", lambda *a: calls.append(1) or compiled(*a))
     return calls
 
 
@@ -302,7 +302,10 @@ def test_round_and_score_matches_the_generic_code(dtype: np.dtype, low_rank: boo
     P = rng.random((1, 9, 7)).astype(dtype) / 63  # marginals off by up to 50 %
     # the whole end compiled (the compiled loop), and compiled rounding and cost around a numpy
     # cross term (the generic loop on one CPU problem), against the torch backend's code
-    got_P, got_cost = gromov_cpu.round_and_score(P, *gromov._operands(C_x, C_y, fx, None))
+    none = np.zeros((1, 1), dtype)
+    Ax, BxT = (fx[0][0], np.ascontiguousarray(fx[1][0].T)) if low_rank else (none, none)
+    operands = (C_x[0], np.ascontiguousarray(C_y[0].T), Ax, BxT, none, none, low_rank, False)
+    got_P, got_cost = gromov_cpu.round_and_score(P, *operands)
     np_P, np_cost = gromov._round_and_score(C_x, C_y, P, fx, None, np)
     ref_P, ref_cost = (t.numpy() for t in gromov._round_and_score(
         torch.from_numpy(C_x), torch.from_numpy(C_y), torch.from_numpy(P),
