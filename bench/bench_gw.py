@@ -12,7 +12,9 @@ Tolerance ``tol`` means L1 coupling change and L1 marginal error for this solver
 accuracy in POT's norms. Both are compared with a reference (this solver, fp64, tol 1e-9); this
 solver's fp64 columns (dense, and with the latent cost in low-rank form as the gap passes it) use
 the loosest tolerance (in half decades from ``tol``) whose errors are no larger than POT's
-("equal accuracy").
+("equal accuracy"). POT and the three configurations of this solver are timed in turn, one call
+each per round, and each ratio is the median of the per-round ratios (the machine's speed
+drifts too much for back-to-back blocks of repeats).
 
 Part 2: one β-VAE training step at batch 64 (dlib_conv encoder/decoder, Bernoulli + KL, Adam)
 with and without λ·GMG on the decoder (z → sigmoid(logits), default fixed budget), steps
@@ -27,6 +29,7 @@ contention slows every small kernel several-fold (measured 10× on the n = 512 s
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -86,19 +89,36 @@ def fmt(err: tuple[float, float]) -> str:
     return f"{err[0]:.1e}/{err[1]:+.0e}"
 
 
-def at_equal_accuracy(C_x: torch.Tensor, C_y: torch.Tensor, eps: float, reps: int, tol: float,
+def at_equal_accuracy(C_x: torch.Tensor, C_y: torch.Tensor, eps: float, tol: float,
                       e_pot: tuple[float, float], ref: gromov.GWResult,
-                      **kwargs: Any) -> tuple[float, float, gromov.GWResult, tuple[float, float]]:
-    """This solver at the loosest tolerance in tol, tol/√10, tol/10, ... (half decades) whose
-    coupling and cost errors are no larger than POT's; returns time, tolerance, result and
-    errors."""
+                      **kwargs: Any) -> tuple[float, gromov.GWResult, tuple[float, float]]:
+    """The loosest tolerance in tol, tol/√10, tol/10, ... (half decades) at which this solver's
+    coupling and cost errors are no larger than POT's; returns it, the result and the errors."""
     for k in range(9):
         ours_tol = tol / 10 ** (k / 2)
-        t, res = timed(gromov.solve, reps, C_x, C_y, eps, tol=ours_tol, max_iter=20000, **kwargs)
+        res = gromov.solve(C_x, C_y, eps, tol=ours_tol, max_iter=20000, **kwargs)
         err = errors(res.coupling, res.cost, ref)
         if err[0] <= e_pot[0] and abs(err[1]) <= abs(e_pot[1]):
             break
-    return t, ours_tol, res, err
+    return ours_tol, res, err
+
+
+def round_robin(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, float]]:
+    """Each function once per round, in turn (callers have run each once already: no warm-up);
+    returns per name the median time in ms and the median over rounds of the first function's
+    time divided by this one's. The machine's speed drifts by up to 2× between minutes;
+    alternating the calls exposes all of them to the same drift, where back-to-back blocks of
+    repeats do not."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    first = times[next(iter(fns))]
+    return {name: (statistics.median(t),
+                   statistics.median(a / b for a, b in zip(first, t, strict=True)))
+            for name, t in times.items()}
 
 
 def solver_vs_pot(sizes: list[int], repeats: int, tol: float,
@@ -106,7 +126,8 @@ def solver_vs_pot(sizes: list[int], repeats: int, tol: float,
     """POT at ``tol``; this solver (fp64, same matrices) at equal accuracy (see
     :func:`at_equal_accuracy`), dense and with the latent side in low-rank form (as
     :func:`gmgcore.gap.gromov_monge_gap` passes it); and the fast configuration (fp32,
-    low-rank latent side) at ``tol``."""
+    low-rank latent side) at ``tol``. The four are timed in :func:`round_robin`; each "x POT"
+    is the median of the per-round ratios."""
     print(f"\n== solver vs POT (POT tol {tol:g}; err = L1 coupling / signed rel. cost vs a "
           "reference: this solver, fp64, tol 1e-9) ==")
     print(f"{'n':>4} {'eps0':>5} | {'POT fp64':>9} {'err':>14} | {'ours fp64':>9} {'tol':>6} "
@@ -120,21 +141,28 @@ def solver_vs_pot(sizes: list[int], repeats: int, tol: float,
         for eps0 in eps0s:
             eps = 2 * eps0 * float(C_x.mean() * C_y.mean())
             ref = gromov.solve(C_x, C_y, eps, tol=1e-9, max_iter=20000, factors_x=factors)
-            reps = repeats if n <= 128 else max(1, repeats // 3)
-            t_pot, (T, gw_pot) = timed(pot_solve, reps, C_x, C_y, eps, tol)
+            T, gw_pot = pot_solve(C_x, C_y, eps, tol)
             e_pot = errors(T, gw_pot, ref)
-            t_64, tol_64, r64, e_64 = at_equal_accuracy(C_x, C_y, eps, reps, tol, e_pot, ref)
-            t_lr, tol_lr, _, e_lr = at_equal_accuracy(C_x, C_y, eps, reps, tol, e_pot, ref,
-                                                      factors_x=factors)
-            t_32, r32 = timed(gromov.solve, reps, C_x.float(), C_y.float(), eps, tol=tol,
-                              max_iter=20000, factors_x=f32)
+            tol_64, r64, e_64 = at_equal_accuracy(C_x, C_y, eps, tol, e_pot, ref)
+            tol_lr, _, e_lr = at_equal_accuracy(C_x, C_y, eps, tol, e_pot, ref, factors_x=factors)
+            r32 = gromov.solve(C_x.float(), C_y.float(), eps, tol=tol, max_iter=20000,
+                               factors_x=f32)
             e_32 = errors(r32.coupling, r32.cost, ref)
-            print(f"{n:>4} {eps0:>5} | {t_pot:>7.1f}ms {fmt(e_pot):>14} | {t_64:>7.1f}ms "
-                  f"{tol_64:>6.0e} {t_pot / t_64:>6.1f} {fmt(e_64):>14} "
-                  f"{r64.iterations:>5}/{r64.inner_iterations:<5} | {t_lr:>10.1f}ms "
-                  f"{tol_lr:>6.0e} {t_pot / t_lr:>6.1f} {fmt(e_lr):>14} | {t_32:>10.1f}ms "
-                  f"{t_pot / t_32:>6.1f} {fmt(e_32):>14} | {ref.iterations}"
-                  f"{'' if bool(ref.converged) else ' (not converged)'}", flush=True)
+            solve = functools.partial(gromov.solve, max_iter=20000)
+            t = round_robin({
+                "pot": functools.partial(pot_solve, C_x, C_y, eps, tol),
+                "fp64": functools.partial(solve, C_x, C_y, eps, tol=tol_64),
+                "lowrank": functools.partial(solve, C_x, C_y, eps, tol=tol_lr, factors_x=factors),
+                "fp32": functools.partial(solve, C_x.float(), C_y.float(), eps, tol=tol,
+                                          factors_x=f32),
+            }, 3 * repeats if n <= 128 else max(1, repeats // 3))
+            print(f"{n:>4} {eps0:>5} | {t['pot'][0]:>7.1f}ms {fmt(e_pot):>14} | "
+                  f"{t['fp64'][0]:>7.1f}ms {tol_64:>6.0e} {t['fp64'][1]:>6.1f} {fmt(e_64):>14} "
+                  f"{r64.iterations:>5}/{r64.inner_iterations:<5} | {t['lowrank'][0]:>10.1f}ms "
+                  f"{tol_lr:>6.0e} {t['lowrank'][1]:>6.1f} {fmt(e_lr):>14} | "
+                  f"{t['fp32'][0]:>10.1f}ms {t['fp32'][1]:>6.1f} {fmt(e_32):>14} | "
+                  f"{ref.iterations}{'' if bool(ref.converged) else ' (not converged)'}",
+                  flush=True)
 
 
 def pot_grad(C_x: torch.Tensor, C_y0: torch.Tensor, eps: float, tol: float) -> torch.Tensor:
