@@ -46,7 +46,8 @@ Convergence: the last outer step moved :math:`P` by at most ``tol`` in L1 and it
 (L1) was at most ``tol``. On CPU the loop runs through numpy on zero-copy views of the tensors
 (the same arithmetic with far less per-call overhead on small matrices), with the kernel, the
 Sinkhorn blocks and the end of each outer step compiled, and a single small problem runs its
-whole loop compiled (:mod:`gmgcore.gromov_cpu`);
+whole solve (checks, operands, loop, rounding and cost) as one compiled call
+(:mod:`gmgcore.gromov_cpu`);
 ``4/ε`` is folded into ``C_x`` once, and the kernel and the Anderson history live in buffers
 reused across outer steps, so an outer step allocates only the linearisation and the new
 coupling.
