@@ -227,8 +227,10 @@ def _check_shapes(C_x: Tensor, C_y: Tensor, init: Tensor | None) -> None:
         raise ValueError(f"cost matrices must be square; got {C_x.shape}, {C_y.shape}")
     if C_x.ndim == 3 and C_x.shape[0] != C_y.shape[0]:
         raise ValueError(f"batch sizes differ: {C_x.shape[0]} vs {C_y.shape[0]}")
-    if not C_x.is_floating_point() or C_x.dtype != C_y.dtype or C_x.device != C_y.device:
+    if C_x.dtype != C_y.dtype or C_x.device != C_y.device:
         raise ValueError("C_x and C_y must share one floating dtype and one device")
+    if C_x.dtype not in (torch.float32, torch.float64):  # fp16's range cannot hold the kernel
+        raise ValueError(f"cost matrices must be float32 or float64; got {C_x.dtype}")
     shape = (*C_x.shape[:-1], C_y.shape[-1])
     if init is not None and tuple(init.shape) != shape:
         raise ValueError(f"init must have shape {shape}; got {tuple(init.shape)}")

@@ -233,6 +233,9 @@ def test_invalid_inputs_raise() -> None:
         gromov.solve(C_x, C_y, 0.1, init=torch.eye(5, dtype=F64))
     with pytest.raises(ValueError, match="square"):
         gromov.solve(C_x[:, :4], C_y, 0.1)
+    for dtype in (torch.float16, torch.bfloat16, torch.int64):
+        with pytest.raises(ValueError, match="float32 or float64"):
+            gromov.solve(C_x.to(dtype), C_y.to(dtype), 0.1)
     # a batch of two runs the generic loop, a single problem (batched or not) the compiled one
     for batch in (1, 2):
         C_xb, C_yb, badb = (t.expand(batch, 5, 5) for t in (C_x, C_y, bad))
