@@ -558,7 +558,8 @@ def _dtype_settings(dtype: np.dtype) -> tuple[Any, ...]:
             _anderson_ridge(dtype))
 
 
-_NO_FACTOR = {np.dtype(t): np.zeros((1, 1), t) for t in (np.float32, np.float64)}
+# stands in for an absent factor or init in the compiled call's typed arguments
+_PLACEHOLDER = {np.dtype(t): np.zeros((1, 1), t) for t in (np.float32, np.float64)}
 
 
 def _matrix(t: Tensor, like: Tensor) -> np.ndarray:
@@ -585,10 +586,10 @@ def _solve_single(
     eps = float(dtype.type(float(epsilon)))  # rounded to the costs' dtype, as for a batch
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"epsilon must be finite and > 0; got {[eps]}")
-    x0 = _NO_FACTOR[dtype] if init is None else _matrix(init, C_x)
+    none = _PLACEHOLDER[dtype]
+    x0 = none if init is None else _matrix(init, C_x)
     if init is not None:
         _check_init(x0[None], np)
-    none = _NO_FACTOR[dtype]
     Ax, Bx = (none, none) if factors_x is None else (_matrix(f, C_x) for f in factors_x)
     Ay, By = (none, none) if factors_y is None else (_matrix(f, C_x) for f in factors_y)
     floor, limit, damping, start, ridge = _dtype_settings(dtype)
@@ -642,7 +643,6 @@ def _use_numpy(device: torch.device, backend: str) -> bool:
     return backend == "numpy" or (backend == "auto" and device.type == "cpu")
 
 
-@torch.no_grad()
 def solve(
     C_x: Tensor,
     C_y: Tensor,
@@ -690,9 +690,21 @@ def solve(
     if isinstance(eps, Tensor) and eps.numel() not in (1, B):
         raise ValueError(f"epsilon must be a scalar or have {B} entries; got {eps.numel()}")
     xp = np if _use_numpy(C_x.device, backend) else torch
-    if _compiled(xp, B, n, m, factors_x, factors_y):
+    if _compiled(xp, B, n, m, factors_x, factors_y):  # detached views: no autograd to pause
         return _solve_single(C_x, C_y, eps, init, batched, tol, max_iter, inner_iterations,
                              max_inner, factors_x, factors_y)
+    return _solve_batch(C_x, C_y, eps, init, batched, xp, tol, max_iter, inner_iterations,
+                        max_inner, factors_x, factors_y)
+
+
+@torch.no_grad()
+def _solve_batch(
+    C_x: Tensor, C_y: Tensor, eps: float | Tensor, init: Tensor | None, batched: bool,
+    xp: ModuleType, tol: float, max_iter: int, inner_iterations: int, max_inner: int,
+    factors_x: Factors | None, factors_y: Factors | None,
+) -> GWResult:
+    """:func:`solve` through the generic loop (:func:`_pgd`) on backend arrays ``[B, ...]``."""
+    B, n, m = (C_x.shape[0] if batched else 1), C_x.shape[-1], C_y.shape[-1]
 
     def conv(t: Tensor) -> Array:  # a backend array [B, ...] in C_x's dtype and place
         t = t.detach()

@@ -248,6 +248,21 @@ def test_invalid_inputs_raise() -> None:
             gromov.solve(C_xb, C_yb, 0.1, init=torch.eye(5, dtype=F64).expand(batch, 5, 5))
 
 
+@pytest.mark.parametrize("batch", [None, 1, 2])
+def test_inputs_that_require_grad_give_results_without_a_graph(batch: int | None) -> None:
+    """No gradient flows through the solver (the gap differentiates the closed form instead):
+    a single problem (the compiled call) and a batch (the generic loop) alike."""
+    C_x, C_y = _clouds(8, 6, seed=4)
+    if batch is not None:
+        C_x, C_y = C_x.expand(batch, 8, 8), C_y.expand(batch, 6, 6)
+    C_x, C_y = C_x.clone().requires_grad_(True), C_y.clone().requires_grad_(True)
+    eps = torch.tensor(0.2, dtype=F64, requires_grad=True)
+    res = gromov.solve(C_x, C_y, eps, init=torch.full(C_x.shape[:-1] + (6,), 1 / 48, dtype=F64,
+                                                      requires_grad=True))
+    for t in (res.coupling, res.cost, res.entropic_cost, res.epsilon, res.marginal_error):
+        assert not t.requires_grad and t.grad_fn is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu() -> None:
     C_x, C_y = _clouds(32, 32)
