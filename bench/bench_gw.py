@@ -13,8 +13,8 @@ accuracy in POT's norms. Both are compared with a reference (this solver, fp64, 
 solver's fp64 columns (dense, and with the latent cost in low-rank form as the gap passes it) use
 the loosest tolerance (in half decades from ``tol``) whose errors are no larger than POT's
 ("equal accuracy"). POT and the three configurations of this solver are timed in turn, one call
-each per round, and each ratio is the median of the per-round ratios (the machine's speed
-drifts too much for back-to-back blocks of repeats).
+each per round in a rotating order, and each ratio is the median of the per-round ratios (the
+machine's speed drifts too much for back-to-back blocks of repeats).
 
 Part 2: one β-VAE training step at batch 64 (dlib_conv encoder/decoder, Bernoulli + KL, Adam)
 with and without λ·GMG on the decoder (z → sigmoid(logits), default fixed budget), steps
@@ -104,18 +104,22 @@ def at_equal_accuracy(C_x: torch.Tensor, C_y: torch.Tensor, eps: float, tol: flo
 
 
 def round_robin(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, float]]:
-    """Each function once per round, in turn (callers have run each once already: no warm-up);
-    returns per name the median time in ms and the median over rounds of the first function's
-    time divided by this one's. The machine's speed drifts by up to 2× between minutes;
-    alternating the calls exposes all of them to the same drift, where back-to-back blocks of
-    repeats do not."""
+    """Each function once per round (callers have run each once already: no warm-up), in an
+    order rotated by one place every round; returns per name the median time in ms and the
+    median over rounds of the first function's time divided by this one's.
+
+    The machine's speed drifts by up to 2× between minutes; calls in turn expose all functions
+    to the same drift, where back-to-back blocks of repeats do not. Whichever call follows
+    POT's runs with cold caches (about 20 % slower for this solver at n = 64–96), so the order
+    rotates and every function takes every place equally often."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(1e3 * (time.perf_counter() - start))
-    first = times[next(iter(fns))]
+    first = times[names[0]]
     return {name: (statistics.median(t),
                    statistics.median(a / b for a, b in zip(first, t, strict=True)))
             for name, t in times.items()}
@@ -155,7 +159,7 @@ def solver_vs_pot(sizes: list[int], repeats: int, tol: float,
                 "lowrank": functools.partial(solve, C_x, C_y, eps, tol=tol_lr, factors_x=factors),
                 "fp32": functools.partial(solve, C_x.float(), C_y.float(), eps, tol=tol,
                                           factors_x=f32),
-            }, 3 * repeats if n <= 128 else max(1, repeats // 3))
+            }, 4 * repeats if n <= 128 else 4 * max(1, repeats // 3))
             print(f"{n:>4} {eps0:>5} | {t['pot'][0]:>7.1f}ms {fmt(e_pot):>14} | "
                   f"{t['fp64'][0]:>7.1f}ms {tol_64:>6.0e} {t['fp64'][1]:>6.1f} {fmt(e_64):>14} "
                   f"{r64.iterations:>5}/{r64.inner_iterations:<5} | {t['lowrank'][0]:>10.1f}ms "
