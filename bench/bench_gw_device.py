@@ -4,6 +4,8 @@ On the decoder matrices of ``bench_gw.py`` (latent cost in low-rank form, as the
 it), for n ∈ {64, 128, 256, 512} and ε0 ∈ {0.1, 0.01}: the device's time per solve in fp64
 (tol 1e-6) and fp32 (tol 1e-4), synchronised, median over repeats; the outer / Sinkhorn
 counts; and the L1 distance of the coupling to this solver's CPU fp64 coupling at tol 1e-9.
+ε0 is read as the gap reads it (POT's ε = 2 · ε0 · mean · mean; ``bench_gw.py --convention
+gap``).
 Then B problems of n = 64 in one batched call against B single calls, and GMG forward +
 backward (costs, solve, envelope gradient) at batch 64 with the default fixed budget.
 
