@@ -13,12 +13,12 @@ what :func:`gmgcore.gap.gromov_monge_gap` passes for its ε0 (its GW has the ½ 
 ε0 = 0.1 there is ε0 = 0.2 in the ``pot`` convention, a more regularised and easier problem.
 Tolerance ``tol`` means L1 coupling change and L1 marginal error for this solver, and
 ``tol / n`` (Frobenius change) and ``tol / sqrt(n)`` (L2 marginal error) for POT, the same
-accuracy in POT's norms. Both are compared with a reference (this solver, fp64, tol 1e-9); this
-solver's fp64 columns (dense, and with the latent cost in low-rank form as the gap passes it) use
-the loosest tolerance (in half decades from ``tol``) whose errors are no larger than POT's
-("equal accuracy"). POT and the three configurations of this solver are timed in turn, one call
-each per round in a rotating order, and each ratio is the median of the per-round ratios (the
-machine's speed drifts too much for back-to-back blocks of repeats).
+accuracy in POT's norms. Both are compared with a reference (this solver, fp64, tol 1e-9); each
+configuration of this solver (fp64 dense; fp64 and fp32 with the latent cost in low-rank form, as
+the gap passes it) uses the loosest tolerance (in half decades from ``tol``) whose errors are no
+larger than POT's ("equal accuracy"). POT and the three configurations are timed in turn, one
+call each per round in a rotating order, and each ratio is the median of the per-round ratios
+(the machine's speed drifts too much for back-to-back blocks of repeats).
 
 Part 2: one β-VAE training step at batch 64 (dlib_conv encoder/decoder, Bernoulli + KL, Adam)
 with and without λ·GMG on the decoder (z → sigmoid(logits), default fixed budget), steps
@@ -76,8 +76,10 @@ def decoder_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pot_epsilon(C_x: torch.Tensor, C_y: torch.Tensor, eps0: float, convention: str) -> float:
     """POT's ε for ``eps0`` in the bench's ``convention`` (``pot`` or ``gap``, see the module
-    docstring)."""
-    return (2 if convention == "gap" else 1) * eps0 * float(C_x.mean() * C_y.mean())
+    docstring); ``gap`` is exactly what :func:`gmgcore.gap.gromov_monge_gap` passes."""
+    if convention == "gap":
+        return float(gap.solver_epsilon(gap.gap_epsilon(C_x, C_y, eps0)))
+    return eps0 * float(C_x.mean() * C_y.mean())
 
 
 def pot_solve(C_x: torch.Tensor, C_y: torch.Tensor, eps: float, tol: float) -> tuple:
