@@ -9,9 +9,11 @@ overhead, not the arithmetic, sets its time. Two levels replace them:
   times faster than numba's scalar ``exp``). A Sinkhorn iteration is one sweep over ``K``,
   vectorised: at n = 512 in fp64 it takes 88 µs against 143 µs for numpy's two BLAS products.
 * :func:`pgd` runs the whole mirror-descent loop of one problem (any budget), with the same
-  folds, Newton steps and Anderson steps as the generic loop. Its kernel uses
-  :func:`_exp_nonpositive`, a vectorisable ``exp`` within 2 ulp. The solver uses it up to
-  n, m ≤ 96, or 256 with a cost in low-rank form (:data:`gmgcore.gromov._COMPILED_SIDE`).
+  folds, Newton steps and Anderson steps as the generic loop. Its kernel takes ``exp`` in the
+  arrays' precision by vectorisable loops (:func:`_exp_nonpositive` in float64, within 2 ulp
+  of numpy's; :func:`_exp_nonpositive32` in float32, within 1 ulp of the exact value). The
+  solver uses it up to n, m ≤ 96, or 512 with a cost in low-rank form
+  (:data:`gmgcore.gromov._COMPILED_SIDE`).
 * :func:`round_coupling` and :func:`score` end a single problem's solve at any size (with
   :func:`round_and_score` after :func:`pgd`).
 * :func:`solve_single` is the whole solve of a single small problem in one call: the finiteness
@@ -29,6 +31,8 @@ import math
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 __all__ = ["all_finite", "log_kernel", "sinkhorn", "finish_step", "pgd", "relaxation",
            "round_and_score", "round_coupling", "score", "solve_single"]
@@ -216,33 +220,64 @@ def finish_step(
 
 
 # exp(x) for x ≤ 0: exp(x) = 2^k · exp(r), k = round(x / ln 2), |r| ≤ ln(2) / 2 (Cody & Waite),
-# exp(r) by its degree-12 Taylor polynomial (truncation below 2e-16 relative), in float64.
+# exp(r) by its Taylor polynomial (degree 12 in float64, 7 in float32: truncation below half an
+# ulp), 2^k built from its exponent bits. A table of 2^k would be a gather, which runs several
+# times slower than the arithmetic on current Intel cores.
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _T = [1.0 / math.factorial(k) for k in range(13)]
 _T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10, _T11, _T12 = _T
-_POW2_NEGATIVE = 2.0 ** -np.arange(1100, dtype=np.float64)  # 2^-k, down to below the fp64 floor
+_LOG2E_32 = np.float32(_LOG2E)
+_LN2_HI_32 = np.float32(0.693359375)  # 8 significant bits: k · _LN2_HI_32 is exact
+_LN2_LO_32 = np.float32(math.log(2) - 0.693359375)
+_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7 = (np.float32(1.0 / math.factorial(k)) for k in range(8))
 
 
 @numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")  # no reassociation:
 def _exp_nonpositive(x: float) -> float:  # the two-part reduction must stay in order
-    """``exp(x)`` for ``-700 ≤ x ≤ 0`` (the kernel's clamped log-entries), within 2 ulp of
-    numpy's in float64 (tested): vectorisable, where numba's ``exp`` is a scalar library call."""
-    k = math.floor(x * _LOG2E + 0.5)
+    """``exp(x)`` for ``-708 ≤ x ≤ 0`` in float64 (the kernel's clamped log-entries), within
+    2 ulp of numpy's (tested): vectorisable, where numba's ``exp`` is a scalar library call."""
+    nk = np.int64(0.5 - x * _LOG2E)  # −round(x / ln 2): x ≤ 0, so truncation rounds
+    k = float(-nk)
     r = (x - k * _LN2_HI) - k * _LN2_LO
     poly = ((((((_T12 * r + _T11) * r + _T10) * r + _T9) * r + _T8) * r + _T7) * r + _T6)
     poly = (((((poly * r + _T5) * r + _T4) * r + _T3) * r + _T2) * r + _T1) * r + _T0
-    return poly * _POW2_NEGATIVE[int(-k)]
+    return poly * np.int64((1023 - nk) << 52).view(np.float64)
+
+
+@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _exp_nonpositive32(x: np.float32) -> np.float32:
+    """:func:`_exp_nonpositive` in float32 arithmetic for ``-87 ≤ x ≤ 0``, within 1 ulp of the
+    exact value (tested)."""
+    nk = np.int32(np.float32(0.5) - x * _LOG2E_32)
+    k = np.float32(-nk)
+    r = (x - k * _LN2_HI_32) - k * _LN2_LO_32
+    poly = ((((((_S7 * r + _S6) * r + _S5) * r + _S4) * r + _S3) * r + _S2) * r + _S1) * r + _S0
+    return poly * np.int32((127 - nk) << 23).view(np.float32)
+
+
+def _exp(x: float) -> float:
+    """``exp`` of a non-positive float32 or float64 in its own precision (compiled only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_exp)
+def _exp_typed(x):  # type: ignore[no-untyped-def]
+    if x == types.float32:
+        return lambda x: _exp_nonpositive32(x)
+    return lambda x: _exp_nonpositive(x)
 
 
 @numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _exp_in_place(a: np.ndarray) -> None:
-    """``a = exp(a)`` on a 1-D array of entries in ``[-700, 0]`` or NaN (kept)."""
+    """``a = exp(a)`` on a 1-D array of entries in ``[floor, 0]`` (the kernel's clamp) or NaN
+    (kept), in the array's precision."""
+    zero = a.dtype.type(0)
     for j in range(a.size):
         t = a[j]
         finite = t == t
-        e = _exp_nonpositive(t if finite else 0.0)
+        e = _exp(t if finite else zero)
         a[j] = e if finite else t
 
 

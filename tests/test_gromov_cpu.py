@@ -146,6 +146,24 @@ def test_exp_matches_numpy_within_two_ulp() -> None:
     got = np.array([gromov_cpu._exp_nonpositive(t) for t in x[::7]])
     ref = np.exp(x[::7])
     assert np.all(np.abs(got - ref) <= 2 * np.spacing(ref))
+    loop = x.copy()  # the vectorised loop the kernel uses, NaN kept
+    loop[5] = np.nan
+    gromov_cpu._exp_in_place(loop)
+    ref = np.exp(x)
+    assert np.isnan(loop[5])
+    keep = np.arange(x.size) != 5
+    assert np.all(np.abs(loop - ref)[keep] <= 2 * np.spacing(ref)[keep])
+
+
+def test_float32_exp_within_one_ulp_of_exact() -> None:
+    # float32 kernels take exp in float32 arithmetic, from the fp32 clamp (-37.3) down to -87
+    x = np.concatenate([-np.logspace(-8, np.log10(87.0), 20001), [0.0, -0.5 * math.log(2)]])
+    x32 = x.astype(np.float32)
+    got = x32.copy()
+    gromov_cpu._exp_in_place(got)
+    exact = np.exp(x32.astype(np.float64))
+    assert got.dtype == np.float32
+    assert np.all(np.abs(got - exact) <= np.spacing(exact.astype(np.float32)))
 
 
 def test_small_solve_matches_lapack_and_reports_singular_systems() -> None:
