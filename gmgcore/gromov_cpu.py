@@ -220,9 +220,9 @@ def finish_step(
 
 
 # exp(x) for x ≤ 0: exp(x) = 2^k · exp(r), k = round(x / ln 2), |r| ≤ ln(2) / 2 (Cody & Waite),
-# exp(r) by its Taylor polynomial (degree 12 in float64, 7 in float32: truncation below half an
-# ulp), 2^k built from its exponent bits. A table of 2^k would be a gather, which runs several
-# times slower than the arithmetic on current Intel cores.
+# exp(r) by its Taylor polynomial (degree 12 in float64, 7 in float32: truncation below 2e-16
+# and 6e-9 relative), 2^k built from its exponent bits. A table of 2^k would be a gather, which
+# runs several times slower than the arithmetic on current Intel cores.
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
