@@ -80,8 +80,8 @@ _OMEGA_MAX = 1.8  # largest Sinkhorn over-relaxation factor
 # can halve the speed of the single-threaded sweeps, and LAPACK solves the larger Newton systems
 # (docs/gw.md). With a low-rank cost the products are thin, and since Anderson keeps its
 # history in reduced form and the kernel's exp runs in the costs' precision, the compiled loop
-# is 14–41 % faster at n = 384–512, ε0 = 0.1, and 6–19 % faster at ε0 = 0.01 (the largest
-# size measured).
+# is 14–41 % faster at n = 384–512, ε0 = 0.1, and 6–19 % faster at ε0 = 0.01; 512 is the
+# largest size measured.
 _COMPILED_SIDE = 96
 _COMPILED_SIDE_LOW_RANK = 512
 
