@@ -584,21 +584,77 @@ def _anderson(F: np.ndarray, R: np.ndarray, gram: np.ndarray, slot: int, k: int,
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _product_start(Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
+                   By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool) -> np.ndarray:
+    """:func:`gmgcore.gromov.product_start` on :func:`pgd`'s operands (``[1, 1, m]``, in their
+    dtype): ``a`` the row sums of ``C_x`` (scaled) over n, ``b`` those of ``C_y`` over m, both
+    in float64."""
+    n, m = (Ax.shape[0] if low_x else Cx.shape[0]), (AyT.shape[1] if low_y else CyT.shape[0])
+    a, b = np.zeros(n), np.zeros(m)
+    if low_x:  # A_x (B_xᵀ 1)
+        t = np.zeros(BxT.shape[0])
+        for k in range(BxT.shape[0]):
+            for i in range(n):
+                t[k] += BxT[k, i]
+        for i in range(n):
+            for k in range(t.shape[0]):
+                a[i] += Ax[i, k] * t[k]
+    else:
+        for i in range(n):
+            for k in range(n):
+                a[i] += Cx[i, k]
+    if low_y:  # A_y (B_yᵀ 1), with A_yᵀ given
+        t = np.zeros(By.shape[1])
+        for j in range(m):
+            for k in range(t.shape[0]):
+                t[k] += By[j, k]
+        for k in range(t.shape[0]):
+            for j in range(m):
+                b[j] += AyT[k, j] * t[k]
+    else:  # column sums of C_yᵀ
+        for k in range(m):
+            for j in range(m):
+                b[j] += CyT[k, j]
+    for i in range(n):
+        a[i] *= 1.0 / n
+    for j in range(m):
+        b[j] *= 1.0 / m
+    order, sorted_a = np.argsort(b, kind="mergesort"), np.sort(a)
+    G = np.empty(m)
+    G[order[0]], total = 0.0, 0.0
+    for j in range(m - 1):
+        hi = (j + 1) * n // m
+        lo = hi - 1 if (j + 1) * n % m == 0 else hi
+        total += (sorted_a[lo] + sorted_a[hi]) / 2 * (b[order[j + 1]] - b[order[j]])
+        G[order[j + 1]] = total
+    g = np.empty((1, 1, m), Ax.dtype)
+    low = G.min()
+    for j in range(m):
+        g[0, 0, j] = low - G[j]
+    return g
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def pgd(
     Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray, By: np.ndarray,
     AyT: np.ndarray, low_x: bool, low_y: bool, x0: np.ndarray, p: float, q: float,
     tol: float, max_iter: int, inner: int, max_inner: int, floor: float, limit: float,
     newton_after: float, damping: float, memory: int, anderson_start: float, ridge: float,
-    omega_max: float,
+    omega_max: float, from_product: bool,
 ) -> tuple[np.ndarray, float, float, int, int]:
     """The whole mirror-descent loop of :func:`gmgcore.gromov._pgd` for one problem, compiled:
     the same iterates, folds, Newton steps and Anderson steps (on :func:`_reduce`'s array) as
     the generic code, with the kernel's ``exp`` by :func:`_exp_nonpositive`. ``Cx`` (or ``Ax``)
-    carries the factor ``4/ε``; ``x0`` is ``[1, n, m]``. Returns the last finite coupling
+    carries the factor ``4/ε``; ``x0`` is ``[1, n, m]``, the product coupling when
+    ``from_product`` (the first step then starts from :func:`_product_start`). Returns the last
+    finite coupling
     ``[1, n, m]``, its marginal error and change, and the outer and Sinkhorn counts."""
     _, n, m = x0.shape
     K = np.empty_like(x0)
-    g = np.zeros((1, 1, m), x0.dtype)
+    if from_product:
+        g = _product_start(Cx, CyT, Ax, BxT, By, AyT, low_x, low_y)
+    else:
+        g = np.zeros((1, 1, m), x0.dtype)
     T = _reduce(Cx, CyT, BxT, By, low_x, low_y, x0[0])
     F = np.empty((memory, T.size), x0.dtype)
     R = np.empty((memory, T.size), x0.dtype)
@@ -769,7 +825,7 @@ def solve_single(
     P, err, change, outer, inner_total = pgd(
         Cx_s, CyT, Ax_s, BxT, By, AyT, low_x, low_y, start, _cast(1.0 / n, Cx),
         _cast(1.0 / m, Cx), tol, max_iter, inner, max_inner, floor, limit, newton_after, damping,
-        memory, anderson_start, ridge, omega_max)
+        memory, anderson_start, ridge, omega_max, not has_init)
     Q, cost = round_and_score(P, Cx, CyT, Ax, BxT, By, AyT, low_x, low_y)
     stats[0], stats[1], stats[2] = cost, err, change
     return Q.reshape(n, m), stats, outer, inner_total, True

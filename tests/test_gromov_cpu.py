@@ -207,7 +207,9 @@ def test_compiled_fixed_budget_loop_follows_the_generic_iterates(
     b = gromov.solve(C_x, C_y, eps, backend="torch", **budget)
     assert calls == [1]
     assert (a.iterations, a.inner_iterations) == (b.iterations, b.inner_iterations)
-    tol = 1e-5 if dtype == torch.float32 else 1e-11
+    # fp32: the backends round differently (sweeps against BLAS products); after 20-40 steps of
+    # this unconverged budget they end 3e-6 to 1.3e-5 apart
+    tol = 3e-5 if dtype == torch.float32 else 1e-11
     assert float((a.coupling - b.coupling).abs().sum()) < tol
     assert bool(a.converged) == bool(b.converged)
     # the end of the solve (rounding, cost, entropic cost) is compiled too
@@ -238,9 +240,11 @@ def test_a_large_problem_runs_compiled_only_with_a_low_rank_side(
 
 
 def test_compiled_loop_folds_like_the_generic_loop() -> None:
-    """fp32 near-isometry at a small ε: the scalings pass fp32's fold limit, and one outer step
-    gets the extra block (105 Sinkhorn iterations in 20 steps). A batch of two copies runs the
-    generic loop; a single problem runs the compiled one."""
+    """fp32 near-isometry at a small ε, from the product coupling given as ``init`` (the first
+    step then starts from g = 0; the default start balances its kernel and does not fold here):
+    the scalings pass fp32's fold limit, and one outer step gets the extra block (105 Sinkhorn
+    iterations in 20 steps). A batch of two copies runs the generic loop; a single problem runs
+    the compiled one."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 10, generator=g)
     rotation = torch.linalg.qr(torch.randn(10, 10, generator=g))[0]
@@ -248,8 +252,10 @@ def test_compiled_loop_folds_like_the_generic_loop() -> None:
     C_x, C_y = (costs.pairwise_cost(t, "scaled_sqeuclidean") for t in (x, y))
     eps = 2 * 0.03 * float(C_x.abs().mean() * C_y.abs().mean())
     budget = {"tol": 1e-5, "max_iter": 20, "inner_iterations": 5, "max_inner": 5}
-    one = gromov.solve(C_x, C_y, eps, **budget)
-    two = gromov.solve(torch.stack([C_x, C_x]), torch.stack([C_y, C_y]), eps, **budget)
+    init = torch.full((64, 64), 1 / 64**2)
+    one = gromov.solve(C_x, C_y, eps, init, **budget)
+    two = gromov.solve(torch.stack([C_x, C_x]), torch.stack([C_y, C_y]), eps,
+                       torch.stack([init, init]), **budget)
     assert one.inner_iterations == two.inner_iterations == 105
     assert one.iterations == two.iterations == 20
     assert float((one.coupling - two.coupling[0]).abs().sum()) < 1e-4
