@@ -75,6 +75,11 @@ Array = Any  # a numpy array or a torch tensor: the numerics below are written f
 _ANDERSON_MEMORY = 5  # outer steps mixed by Anderson acceleration (0: plain PGD)
 _NEWTON_AFTER = 0.5  # Newton once Sinkhorn would need more than this × max(m, 64) iterations
 _OMEGA_MAX = 1.8  # largest Sinkhorn over-relaxation factor
+# The L1 coupling change below which Anderson may start. 1e-2 saves about a sixth of the outer
+# steps against 1e-3 (docs/gw.md); 0.1 sent a problem at ε0 = 0.03 to another local optimum
+# than plain PGD's. fp32 started at 1e-3 while its first step folded; from the product start
+# 1e-2 takes fewer steps there too, at equal or better accuracy of the default GMG budget.
+_ANDERSON_START = 1e-2
 # Up to n, m ≤ this a single problem runs its whole loop compiled (its Newton systems are solved
 # by plain elimination), and up to the second size when a cost is in low-rank form. Above it
 # the generic loop (with compiled kernel, Sinkhorn and step pieces) is as fast or faster on 2
@@ -469,14 +474,6 @@ def _anderson_ridge(dtype: Any) -> float:
     return 1e-10 if dtype in (np.float64, torch.float64) else 1e-5
 
 
-def _anderson_start(dtype: Any) -> float:
-    """The L1 coupling change below which Anderson may start, for ``dtype``. In fp64, 1e-2 saves
-    about a sixth of the outer steps against 1e-3 (docs/gw.md); 0.1 sent a problem at ε0 = 0.03
-    to another local optimum than plain PGD's. In fp32 an extrapolation that starts this early
-    amplifies rounding: a 40-step fixed budget then ended 1.4e-5 (L1) apart on two backends."""
-    return 1e-2 if dtype in (np.float64, torch.float64) else 1e-3
-
-
 def _empty(shape: tuple[int, ...], like: Array, xp: ModuleType) -> Array:
     if xp is np:
         return np.empty(shape, dtype=like.dtype)
@@ -532,7 +529,7 @@ def _pgd(
     at small ε). An outer step sees its linearisation point only through :func:`_reduce`'s
     array ``T`` (``[B, r, m]`` with ``C_x`` in low-rank form), so the iteration is the fixed-point
     map ``T → _reduce(Sinkhorn(_expand(T)))``. Once it is in its final linear phase (L1
-    coupling change < :func:`_anderson_start` and a shrinking relative residual
+    coupling change < ``_ANDERSON_START`` and a shrinking relative residual
     ``‖T_out − T_in‖ / ‖T_out‖``), the next ``T`` is Anderson-extrapolated from the last
     ``_ANDERSON_MEMORY + 1`` steps (same fixed points); the extrapolation restarts whenever the
     residual grows. Keeping the history in this form costs O(r m) per step, against several
@@ -559,7 +556,6 @@ def _pgd(
     err, change = xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
     K = _empty(x0.shape, x0, xp)
     anderson = _Anderson(T, _ANDERSON_MEMORY + 1, xp) if _ANDERSON_MEMORY else None
-    start = _anderson_start(x0.dtype)
     outer, inner_total, last, omega = 0, 0, math.inf, 1.0
     while outer < max_iter:
         outer += 1
@@ -579,7 +575,7 @@ def _pgd(
         # the coupling change jumps with every extrapolation.
         (residual,) = _maxima(xp, xp.sqrt(((T - T_in) ** 2).sum(axis=(-1, -2))
                                           / (T * T).sum(axis=(-1, -2))))
-        if anderson is not None and worst < start and residual < last:
+        if anderson is not None and worst < _ANDERSON_START and residual < last:
             try:
                 extrapolated = anderson(T, T - T_in)
                 if bool(xp.isfinite(extrapolated).all()):
@@ -612,10 +608,9 @@ def _compiled(xp: ModuleType, B: int, n: int, m: int, factors_x: Factors | None,
 @functools.cache
 def _dtype_settings(dtype: np.dtype) -> tuple[Any, ...]:
     """The dtype-dependent arguments of :func:`gmgcore.gromov_cpu.pgd`: the clamp, the fold
-    limit, the Newton damping, and Anderson's start and ridge."""
+    limit, the Newton damping, and Anderson's ridge."""
     floor = math.log(float(np.finfo(dtype).tiny)) + 50.0
-    return (dtype.type(floor), _fold_limit(floor), _newton_damping(dtype), _anderson_start(dtype),
-            _anderson_ridge(dtype))
+    return dtype.type(floor), _fold_limit(floor), _newton_damping(dtype), _anderson_ridge(dtype)
 
 
 # stands in for an absent factor or init in the compiled call's typed arguments
@@ -652,12 +647,12 @@ def _solve_single(
         _check_init(x0[None], np)
     Ax, Bx = (none, none) if factors_x is None else (_matrix(f, C_x) for f in factors_x)
     Ay, By = (none, none) if factors_y is None else (_matrix(f, C_x) for f in factors_y)
-    floor, limit, damping, start, ridge = _dtype_settings(dtype)
+    floor, limit, damping, ridge = _dtype_settings(dtype)
     P, stats, outer, inner_total, finite = gromov_cpu.solve_single(
         Cx, Cy, Ax, Bx, Ay, By, factors_x is not None, factors_y is not None, x0,
         init is not None, eps, dtype.type(4.0 / eps), tol, max_iter, inner, max_inner, floor,
-        limit, _NEWTON_AFTER, damping, _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0, start,
-        ridge, _OMEGA_MAX)
+        limit, _NEWTON_AFTER, damping, _ANDERSON_MEMORY + 1 if _ANDERSON_MEMORY else 0,
+        _ANDERSON_START, ridge, _OMEGA_MAX)
     if not finite:
         raise ValueError("cost matrices contain NaN or inf")
     converged = np.array(stats[2] <= tol and stats[1] <= tol)
