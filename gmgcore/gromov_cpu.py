@@ -20,9 +20,9 @@ overhead, not the arithmetic, sets its time. Two levels replace them:
   checks, the operands, :func:`pgd` and :func:`round_and_score`.
 
 The arithmetic is the same elementwise; sums run in a different order (within rounding). NaN
-and inf propagate as in numpy (no ``nnan`` / ``ninf`` fast-math flags outside
-:func:`_shift_and_clamp`, which only sees finite rows): the solver's finiteness checks rely on
-it. All arrays are C-contiguous; ``p``, ``q`` and ``floor`` have the arrays' dtype.
+and inf propagate as in numpy (no ``nnan`` / ``ninf`` fast-math flags): the solver's finiteness
+checks rely on it. All arrays are C-contiguous; ``p``, ``q`` and ``floor`` have the arrays'
+dtype.
 """
 
 from __future__ import annotations
@@ -44,48 +44,82 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; NaN/inf k
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def all_finite(a: np.ndarray) -> bool:
     """Whether every entry of a C-contiguous array is finite, in one pass without temporaries
-    (``x · 0`` is NaN exactly for NaN and ±inf)."""
-    flat, acc = a.reshape(-1), 0.0
+    (``x · 0`` is NaN exactly for NaN and ±inf). The zero has the array's type: an integer ``0``
+    would make every fp32 product a float64 one."""
+    flat = a.reshape(-1)
+    if flat.size == 0:
+        return True
+    zero = flat[0] - flat[0]  # NaN when flat[0] is not finite: the result is then False too
+    acc = zero
     for k in range(flat.size):
-        acc += flat[k] * 0
+        acc += flat[k] * zero
     return acc == 0
 
 
-@numba.njit(cache=True, fastmath=True, inline="always")
-def _shift_and_clamp(row: np.ndarray, floor: float) -> None:
-    """``row = max(row − max(row), floor)`` on a finite row. The maximum runs over four
-    interleaved partial maxima: as one chain each ``max`` waits for the previous one, and
-    :func:`log_kernel` took 2.3× longer. Inlined into the caller (and compiled with its
-    fast-math flags): a call per row cost as much again."""
-    m = row.shape[0]
-    t0 = t1 = t2 = t3 = row[0]
-    m4 = m - m % 4
-    for j in range(0, m4, 4):
-        t0, t1 = max(t0, row[j]), max(t1, row[j + 1])
-        t2, t3 = max(t2, row[j + 2]), max(t3, row[j + 3])
-    top = max(max(t0, t1), max(t2, t3))
-    for j in range(m4, m):
-        top = max(top, row[j])
-    for j in range(m):
-        row[j] = max(row[j] - top, floor)
+@numba.njit(cache=True)
+def _flip32(k: np.int32, mask: np.int32) -> np.int32:
+    return k ^ ((k >> 31) & mask)
+
+
+@numba.njit(cache=True)
+def _flip64(k: np.int64, mask: np.int64) -> np.int64:
+    return k ^ ((k >> 63) & mask)
+
+
+def _key(x: float) -> int:
+    """The order key of a float32 or float64 (compiled only): its bits as an integer, with the
+    magnitude bits of a negative number flipped, so that the integer order is the float order
+    (with ``-0 < +0``); :func:`_unkey` inverts it. An integer maximum vectorises; a float one
+    does not (numba's ``max`` is NaN-aware, and even with fast-math flags each row was one
+    chain of scalar ``vmaxss``)."""
+    raise NotImplementedError("compiled code only")
+
+
+def _unkey(k: int, like: float) -> float:
+    """The float (``like``'s type) whose :func:`_key` is ``k`` (compiled only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_key)
+def _key_typed(x):  # type: ignore[no-untyped-def]
+    if x == types.float32:
+        mask32 = np.int32(2**31 - 1)
+        return lambda x: _flip32(np.float32(x).view(np.int32), mask32)
+    mask64 = np.int64(2**63 - 1)
+    return lambda x: _flip64(np.float64(x).view(np.int64), mask64)
+
+
+@overload(_unkey)
+def _unkey_typed(k, like):  # type: ignore[no-untyped-def]
+    if like == types.float32:
+        mask32 = np.int32(2**31 - 1)
+        return lambda k, like: np.int32(_flip32(k, mask32)).view(np.float32)
+    mask64 = np.int64(2**63 - 1)
+    return lambda k, like: np.int64(_flip64(k, mask64)).view(np.float64)
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def log_kernel(S: np.ndarray, g: np.ndarray, floor: float, out: np.ndarray) -> None:
     """``out = max(S + g − rowmax(S + g), floor)`` for ``S``, ``out`` ``[B, n, m]`` and ``g``
     ``[B, 1, m]``. A row with a NaN or +inf gets NaN entries, as with numpy's ``amax`` and
-    ``clip``; here the whole row is NaN."""
+    ``clip``; here the whole row is NaN. The maximum is exact (by integer keys, taken as the row
+    is written): the kernel is numpy's bit for bit."""
     B, n, m = S.shape
+    zero = floor - floor
     for b in range(B):
         gb = g[b, 0]
         for i in range(n):
-            row, Sr, check = out[b, i], S[b, i], floor - floor
+            row, Sr, check = out[b, i], S[b, i], zero
+            key = _key(Sr[0] + gb[0])
             for j in range(m):
                 t = Sr[j] + gb[j]
                 row[j] = t
-                check += t * 0  # NaN iff an entry is NaN or ±inf
+                check += t * zero  # NaN iff an entry is NaN or ±inf (see all_finite)
+                key = max(key, _key(t))
             if check == 0:
-                _shift_and_clamp(row, floor)
+                top = _unkey(key, Sr[0])
+                for j in range(m):
+                    row[j] = max(row[j] - top, floor)
                 continue
             top, nan = -np.inf, False  # the rare non-finite row, entry by entry
             for j in range(m):
@@ -579,7 +613,7 @@ def _anderson(F: np.ndarray, R: np.ndarray, gram: np.ndarray, slot: int, k: int,
         _axpy(yy, F[i], alpha[i])
     check = zero
     for t in range(yy.shape[0]):
-        check += yy[t] * 0  # NaN iff an entry is NaN or ±inf
+        check += yy[t] * zero  # NaN iff an entry is NaN or ±inf
     return 2 if check == 0 else 0
 
 
