@@ -25,7 +25,7 @@ with and without λ·GMG on the decoder (z → sigmoid(logits), default fixed bu
 interleaved, medians; and GMG forward + backward alone.
 
 Usage: ``.venv/bin/python bench/bench_gw.py [--quick] [--threads N] [--repeats R]
-[--sizes N ...] [--eps0 E ...] [--convention pot|gap] [--pause S]
+[--sizes N ...] [--eps0 E ...] [--convention pot|gap] [--pause S] [--warm]
 [--parts solver autograd step]``.
 Part 2 always takes ε0 as :func:`gmgcore.gap.gromov_monge_gap` does. On a
 machine shared with other jobs use ``--threads 1``: with 2 threads on busy cores, OpenMP/BLAS
@@ -125,14 +125,18 @@ def at_equal_accuracy(C_x: torch.Tensor, C_y: torch.Tensor, eps: float, tol: flo
     return last or (ours_tol, res, err, False)
 
 
-def round_robin(fns: dict[str, Callable[[], Any]], rounds: int,
-                pause: float = 0.0) -> dict[str, tuple[float, float]]:
+def round_robin(fns: dict[str, Callable[[], Any]], rounds: int, pause: float = 0.0,
+                warm: bool = False) -> dict[str, tuple[float, float]]:
     """Each function once per round (callers have run each once already: no warm-up), in an
     order rotated by one place every round; returns per name the median time in ms and the
     median over rounds of the first function's time divided by this one's. With ``pause`` > 0
     each call starts that many seconds after the previous one ended: OpenBLAS's worker threads
     spin for about 0.1 s after a multi-threaded product (2^28 cycles), and without a pause a
     call that follows POT's or the dense solve's products shares the second core with them.
+    With ``warm`` each timed call directly follows an untimed call of the same function, after
+    the pause: a solve repeated in a loop. A call that follows an idle pause or another
+    method's call pays for cold caches, and that cost does not scale with the solve: on this
+    machine 0.24 → 0.9 ms for a solve at n = 96, against 10.4 → 11.2 ms for POT's at n = 128.
 
     The machine's speed drifts by up to 2× between minutes; calls in turn expose all functions
     to the same drift, where back-to-back blocks of repeats do not. Whichever call follows
@@ -143,6 +147,8 @@ def round_robin(fns: dict[str, Callable[[], Any]], rounds: int,
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             time.sleep(pause)
+            if warm:
+                fns[name]()
             start = time.perf_counter()
             fns[name]()
             times[name].append(1e3 * (time.perf_counter() - start))
@@ -154,7 +160,7 @@ def round_robin(fns: dict[str, Callable[[], Any]], rounds: int,
 
 def solver_vs_pot(sizes: list[int], repeats: int, tol: float,
                   eps0s: tuple[float, ...] = (0.1, 0.01), convention: str = "pot",
-                  pause: float = 0.0) -> None:
+                  pause: float = 0.0, warm: bool = False) -> None:
     """POT at ``tol``, and three configurations of this solver on the same matrices, each at
     equal accuracy (see :func:`at_equal_accuracy`): fp64 dense, fp64 with the latent side in
     low-rank form (as :func:`gmgcore.gap.gromov_monge_gap` passes it), and fp32 with the latent
@@ -189,7 +195,8 @@ def solver_vs_pot(sizes: list[int], repeats: int, tol: float,
             for name, (a, b, kw) in configs.items():
                 fns[name] = functools.partial(gromov.solve, a, b, eps, tol=found[name][0],
                                               max_iter=1000, **kw)
-            t = round_robin(fns, 4 * repeats if n <= 128 else 4 * max(1, repeats // 3), pause)
+            t = round_robin(fns, 4 * repeats if n <= 128 else 4 * max(1, repeats // 3), pause,
+                            warm)
             cells = []
             for name in names:
                 ours_tol, _, err, reached = found[name]
@@ -324,6 +331,9 @@ def main() -> None:
     parser.add_argument("--eps0", type=float, nargs="+", default=[0.1, 0.01])
     parser.add_argument("--pause", type=float, default=0.0,
                         help="seconds between timed calls of part 1 (see round_robin)")
+    parser.add_argument("--warm", action="store_true",
+                        help="part 1: an untimed call of the same function right before each "
+                             "timed one (see round_robin)")
     parser.add_argument("--convention", choices=["pot", "gap"], default="pot",
                         help="ε0 of the solver and autograd parts: POT's ε = ε0·mean·mean "
                              "(pot) or twice that (gap, what gromov_monge_gap passes)")
@@ -341,7 +351,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, POT {ot.__version__}, threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f} (start)")
     if "solver" in args.parts:
-        solver_vs_pot(sizes, repeats, args.tol, tuple(args.eps0), args.convention, args.pause)
+        solver_vs_pot(sizes, repeats, args.tol, tuple(args.eps0), args.convention, args.pause,
+                      args.warm)
     if "autograd" in args.parts:
         autograd_vs_envelope([64] if args.quick else [64, 128], repeats, args.tol,
                              args.convention)
