@@ -167,14 +167,27 @@ def _expand(T: Array, factors_x: Factors | None, factors_y: Factors | None) -> A
     return T
 
 
-def _row_sums(C: Array, factors: Factors | None, xp: ModuleType) -> Array:
-    """Row sums ``C 1`` ``[B, n]`` in float64 of a cost ``[B, n, n]`` or of its low-rank form
-    ``A Bᵀ``."""
+def _product_linearisation(C_x: Array, C_y: Array, factors_x: Factors | None,
+                           factors_y: Factors | None, xp: ModuleType) -> tuple[Array, Array, Array]:
+    """At the product coupling ``p qᵀ`` the linearisation is rank one, ``a bᵀ`` with ``a = C_x p``
+    ``[B, n]`` and ``b = C_y q`` ``[B, m]`` (float64), and :func:`_reduce`'s array is the outer
+    product of ``B_xᵀ p`` (or ``a``) and ``B_yᵀ q`` (or ``b``): returns ``a``, ``b`` and that
+    array in ``C_x``'s dtype, from matrix-vector sums instead of two passes over ``[n, m]``."""
     f64 = np.float64 if xp is np else torch.float64
-    if factors is None:
-        return C.sum(axis=-1, dtype=f64) if xp is np else C.sum(dim=-1, dtype=f64)
-    A, B = (t.astype(f64) if xp is np else t.to(f64) for t in factors)
-    return (A @ B.sum(axis=-2)[..., None])[..., 0]
+
+    def side(C: Array, factors: Factors | None) -> tuple[Array, Array]:
+        if factors is None:
+            full = C.sum(axis=-1, dtype=f64) if xp is np else C.sum(dim=-1, dtype=f64)
+            full = full / C.shape[-1]
+            return full, full
+        A, B = (t.astype(f64) if xp is np else t.to(f64) for t in factors)
+        reduced = B.sum(axis=-2) / B.shape[-2]
+        return (A @ reduced[..., None])[..., 0], reduced
+
+    (a, left), (b, right) = side(C_x, factors_x), side(C_y, factors_y)
+    T = left[..., :, None] * right[..., None, :]
+    dtype = (factors_x[0] if factors_x is not None else C_x).dtype
+    return a, b, (T.astype(dtype) if xp is np else T.to(dtype))
 
 
 def product_start(a: Array, b: Array, xp: ModuleType, dtype: Any) -> Array:
@@ -535,7 +548,8 @@ def _pgd(
     residual grows. Keeping the history in this form costs O(r m) per step, against several
     passes over ``[n, m]`` arrays for the coupling's. ``4/ε`` is folded into ``C_x`` (or its
     first factor) once. With ``from_product`` (``x0`` is the product coupling) the first step
-    starts from :func:`product_start`'s potential instead of ``g = 0``.
+    starts from :func:`product_start`'s potential instead of ``g = 0``, and its linearisation
+    comes from :func:`_product_linearisation`.
     Returns the last finite Sinkhorn coupling (unrounded), its marginal error and its change
     from the previous coupling ``[B]``, and the counts."""
     B, n, m = x0.shape
@@ -547,12 +561,12 @@ def _pgd(
     else:
         C_x = C_x * scale
     if from_product:
-        g = product_start(_row_sums(C_x, factors_x, xp) * p, _row_sums(C_y, factors_y, xp) * q,
-                          xp, x0.dtype)
+        a, b, T = _product_linearisation(C_x, C_y, factors_x, factors_y, xp)
+        g = product_start(a, b, xp, x0.dtype)
     else:
         g = x0[..., :1, :] * 0
+        T = _reduce(C_x, C_y, x0, factors_x, factors_y)
     P = x0
-    T = _reduce(C_x, C_y, x0, factors_x, factors_y)
     err, change = xp.abs(x0[:, 0, 0]) + math.inf, xp.abs(x0[:, 0, 0]) + math.inf
     K = _empty(x0.shape, x0, xp)
     anderson = _Anderson(T, _ANDERSON_MEMORY + 1, xp) if _ANDERSON_MEMORY else None

@@ -619,40 +619,49 @@ def _anderson(F: np.ndarray, R: np.ndarray, gram: np.ndarray, slot: int, k: int,
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _product_start(Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
-                   By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool) -> np.ndarray:
-    """:func:`gmgcore.gromov.product_start` on :func:`pgd`'s operands (``[1, 1, m]``, in their
-    dtype): ``a`` the row sums of ``C_x`` (scaled) over n, ``b`` those of ``C_y`` over m, both
-    in float64."""
+                   By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The first step from the product coupling on :func:`pgd`'s operands:
+    :func:`gmgcore.gromov.product_start`'s potential ``[1, 1, m]`` and :func:`_reduce`'s array,
+    both in the operands' dtype, from :func:`gmgcore.gromov._product_linearisation`'s ``a``,
+    ``b`` and outer product (sums in float64)."""
     n, m = (Ax.shape[0] if low_x else Cx.shape[0]), (AyT.shape[1] if low_y else CyT.shape[0])
     a, b = np.zeros(n), np.zeros(m)
-    if low_x:  # A_x (B_xᵀ 1)
-        t = np.zeros(BxT.shape[0])
+    if low_x:  # B_xᵀ p, then a = A_x (B_xᵀ p)
+        left = np.zeros(BxT.shape[0])
         for k in range(BxT.shape[0]):
             for i in range(n):
-                t[k] += BxT[k, i]
+                left[k] += BxT[k, i]
+            left[k] /= n
         for i in range(n):
-            for k in range(t.shape[0]):
-                a[i] += Ax[i, k] * t[k]
+            for k in range(left.shape[0]):
+                a[i] += Ax[i, k] * left[k]
     else:
         for i in range(n):
             for k in range(n):
                 a[i] += Cx[i, k]
-    if low_y:  # A_y (B_yᵀ 1), with A_yᵀ given
-        t = np.zeros(By.shape[1])
-        for j in range(m):
-            for k in range(t.shape[0]):
-                t[k] += By[j, k]
-        for k in range(t.shape[0]):
+            a[i] /= n
+        left = a
+    if low_y:  # B_yᵀ q, then b = A_y (B_yᵀ q), with A_yᵀ given
+        right = np.zeros(By.shape[1])
+        for k in range(right.shape[0]):
             for j in range(m):
-                b[j] += AyT[k, j] * t[k]
-    else:  # column sums of C_yᵀ
+                right[k] += By[j, k]
+            right[k] /= m
+        for k in range(right.shape[0]):
+            for j in range(m):
+                b[j] += AyT[k, j] * right[k]
+    else:  # C_y q: column sums of C_yᵀ
         for k in range(m):
             for j in range(m):
                 b[j] += CyT[k, j]
-    for i in range(n):
-        a[i] *= 1.0 / n
-    for j in range(m):
-        b[j] *= 1.0 / m
+        for j in range(m):
+            b[j] /= m
+        right = b
+    T = np.empty((left.shape[0], right.shape[0]), Ax.dtype)
+    for i in range(left.shape[0]):
+        for j in range(right.shape[0]):
+            T[i, j] = left[i] * right[j]
     order, sorted_a = np.argsort(b, kind="mergesort"), np.sort(a)
     G = np.empty(m)
     G[order[0]], total = 0.0, 0.0
@@ -665,7 +674,7 @@ def _product_start(Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndar
     low = G.min()
     for j in range(m):
         g[0, 0, j] = low - G[j]
-    return g
+    return g, T
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -686,10 +695,10 @@ def pgd(
     _, n, m = x0.shape
     K = np.empty_like(x0)
     if from_product:
-        g = _product_start(Cx, CyT, Ax, BxT, By, AyT, low_x, low_y)
+        g, T = _product_start(Cx, CyT, Ax, BxT, By, AyT, low_x, low_y)
     else:
         g = np.zeros((1, 1, m), x0.dtype)
-    T = _reduce(Cx, CyT, BxT, By, low_x, low_y, x0[0])
+        T = _reduce(Cx, CyT, BxT, By, low_x, low_y, x0[0])
     F = np.empty((memory, T.size), x0.dtype)
     R = np.empty((memory, T.size), x0.dtype)
     gram = np.zeros((memory, memory))

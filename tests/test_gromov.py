@@ -348,8 +348,40 @@ def test_the_product_start_balances_a_rank_one_kernel(n: int, m: int) -> None:
     none = np.zeros((1, 1))
     for k in range(2):
         compiled = gromov_cpu._product_start(
-            none, np.diag(b[k] * m), np.diag(a[k] * n), np.eye(n), none, none, True, False)
+            none, np.diag(b[k] * m), np.diag(a[k] * n), np.eye(n), none, none, True, False)[0]
         np.testing.assert_allclose(compiled[0], g[k], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("low_x", "low_y"), [(False, False), (True, False), (False, True),
+                                              (True, True)])
+def test_the_first_linearisation_from_the_product_coupling_is_its_rank_one_form(
+        low_x: bool, low_y: bool) -> None:
+    """At ``p qᵀ`` the reduced linearisation is an outer product of matrix-vector sums: equal to
+    :func:`gromov._reduce` of the product coupling for every factor form, in numpy, torch and
+    the compiled loop; ``a`` and ``b`` are the row sums over n and m."""
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(9, 3, generator=g, dtype=F64), torch.randn(7, 4, generator=g, dtype=F64)
+    C_x, C_y = (costs.pairwise_cost(t, "scaled_sqeuclidean") for t in (x, y))
+    fx = costs.pairwise_cost_factors(x, "scaled_sqeuclidean") if low_x else None
+    fy = costs.pairwise_cost_factors(y, "scaled_sqeuclidean") if low_y else None
+    x0 = torch.full((1, 9, 7), 1 / 63, dtype=F64)
+    batch = (C_x[None], C_y[None], None if fx is None else (fx[0][None], fx[1][None]),
+             None if fy is None else (fy[0][None], fy[1][None]))
+    expected = gromov._reduce(batch[0], batch[1], x0, batch[2], batch[3])
+    for xp, conv in ((np, lambda t: t.numpy()), (torch, lambda t: t)):
+        args = [None if t is None else (tuple(map(conv, t)) if isinstance(t, tuple) else conv(t))
+                for t in batch]
+        a, b, T = gromov._product_linearisation(*args, xp)
+        np.testing.assert_allclose(np.asarray(T), expected.numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(np.asarray(a), C_x.sum(1)[None].numpy() / 9, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(b), C_y.sum(1)[None].numpy() / 7, rtol=1e-12)
+    none = np.zeros((1, 1))
+    Ax, Bx = (none, none) if fx is None else (fx[0].numpy(), fx[1].numpy())
+    Ay, By = (none, none) if fy is None else (fy[0].numpy(), fy[1].numpy())
+    _, T = gromov_cpu._product_start(C_x.numpy(), np.ascontiguousarray(C_y.numpy().T), Ax,
+                                     np.ascontiguousarray(Bx.T), By,
+                                     np.ascontiguousarray(Ay.T), low_x, low_y)
+    np.testing.assert_allclose(T, expected[0].numpy(), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -207,9 +207,10 @@ def test_compiled_fixed_budget_loop_follows_the_generic_iterates(
     b = gromov.solve(C_x, C_y, eps, backend="torch", **budget)
     assert calls == [1]
     assert (a.iterations, a.inner_iterations) == (b.iterations, b.inner_iterations)
-    # fp32: the backends round differently (sweeps against BLAS products); after 20-40 steps of
-    # this unconverged budget they end 3e-6 to 1.3e-5 apart
-    tol = 3e-5 if dtype == torch.float32 else 1e-11
+    # fp32: the backends round differently (sweeps against BLAS products), and 40 steps of this
+    # unconverged budget, Anderson-extrapolated from a change of 1e-2, amplify it: 4e-7 to 3.4e-5
+    # apart across these cases (2e-7 after one step)
+    tol = 1e-4 if dtype == torch.float32 else 1e-11
     assert float((a.coupling - b.coupling).abs().sum()) < tol
     assert bool(a.converged) == bool(b.converged)
     # the end of the solve (rounding, cost, entropic cost) is compiled too
