@@ -21,8 +21,8 @@ overhead, not the arithmetic, sets its time. Two levels replace them:
 
 The arithmetic is the same elementwise; sums run in a different order (within rounding). NaN
 and inf propagate as in numpy (no ``nnan`` / ``ninf`` fast-math flags): the solver's finiteness
-checks rely on it. All arrays are C-contiguous; ``p``, ``q`` and ``floor`` have the arrays'
-dtype.
+checks rely on it. All arrays are C-contiguous, except that ``C_yᵀ`` may be a transposed view
+(only BLAS reads it; loops read ``C_y``); ``p``, ``q`` and ``floor`` have the arrays' dtype.
 """
 
 from __future__ import annotations
@@ -618,14 +618,14 @@ def _anderson(F: np.ndarray, R: np.ndarray, gram: np.ndarray, slot: int, k: int,
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _product_start(Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
+def _product_start(Cx: np.ndarray, Cy: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
                    By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool
                    ) -> tuple[np.ndarray, np.ndarray]:
     """The first step from the product coupling on :func:`pgd`'s operands:
     :func:`gmgcore.gromov.product_start`'s potential ``[1, 1, m]`` and :func:`_reduce`'s array,
     both in the operands' dtype, from :func:`gmgcore.gromov._product_linearisation`'s ``a``,
     ``b`` and outer product (sums in float64)."""
-    n, m = (Ax.shape[0] if low_x else Cx.shape[0]), (AyT.shape[1] if low_y else CyT.shape[0])
+    n, m = (Ax.shape[0] if low_x else Cx.shape[0]), (AyT.shape[1] if low_y else Cy.shape[0])
     a, b = np.zeros(n), np.zeros(m)
     if low_x:  # B_xᵀ p, then a = A_x (B_xᵀ p)
         left = np.zeros(BxT.shape[0])
@@ -651,11 +651,10 @@ def _product_start(Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndar
         for k in range(right.shape[0]):
             for j in range(m):
                 b[j] += AyT[k, j] * right[k]
-    else:  # C_y q: column sums of C_yᵀ
-        for k in range(m):
-            for j in range(m):
-                b[j] += CyT[k, j]
+    else:  # C_y q: row sums of C_y
         for j in range(m):
+            for k in range(m):
+                b[j] += Cy[j, k]
             b[j] /= m
         right = b
     T = np.empty((left.shape[0], right.shape[0]), Ax.dtype)
@@ -679,8 +678,8 @@ def _product_start(Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndar
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def pgd(
-    Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray, By: np.ndarray,
-    AyT: np.ndarray, low_x: bool, low_y: bool, x0: np.ndarray, p: float, q: float,
+    Cx: np.ndarray, Cy: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
+    By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool, x0: np.ndarray, p: float, q: float,
     tol: float, max_iter: int, inner: int, max_inner: int, floor: float, limit: float,
     newton_after: float, damping: float, memory: int, anderson_start: float, ridge: float,
     omega_max: float, from_product: bool,
@@ -688,14 +687,14 @@ def pgd(
     """The whole mirror-descent loop of :func:`gmgcore.gromov._pgd` for one problem, compiled:
     the same iterates, folds, Newton steps and Anderson steps (on :func:`_reduce`'s array) as
     the generic code, with the kernel's ``exp`` by :func:`_exp_nonpositive`. ``Cx`` (or ``Ax``)
-    carries the factor ``4/ε``; ``x0`` is ``[1, n, m]``, the product coupling when
-    ``from_product`` (the first step then starts from :func:`_product_start`). Returns the last
-    finite coupling
-    ``[1, n, m]``, its marginal error and change, and the outer and Sinkhorn counts."""
+    carries the factor ``4/ε``; ``Cy`` is read by loops and ``CyT`` (``C_yᵀ``) by BLAS; ``x0``
+    is ``[1, n, m]``, the product coupling when ``from_product`` (the first step then starts
+    from :func:`_product_start`). Returns the last finite coupling ``[1, n, m]``, its marginal
+    error and change, and the outer and Sinkhorn counts."""
     _, n, m = x0.shape
     K = np.empty_like(x0)
     if from_product:
-        g, T = _product_start(Cx, CyT, Ax, BxT, By, AyT, low_x, low_y)
+        g, T = _product_start(Cx, Cy, Ax, BxT, By, AyT, low_x, low_y)
     else:
         g = np.zeros((1, 1, m), x0.dtype)
         T = _reduce(Cx, CyT, BxT, By, low_x, low_y, x0[0])
@@ -824,8 +823,8 @@ def _cross(Q: np.ndarray, Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def round_and_score(
-    P: np.ndarray, Cx: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, BxT: np.ndarray,
-    By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool,
+    P: np.ndarray, Cx: np.ndarray, Cy: np.ndarray, CyT: np.ndarray, Ax: np.ndarray,
+    BxT: np.ndarray, By: np.ndarray, AyT: np.ndarray, low_x: bool, low_y: bool,
 ) -> tuple[np.ndarray, float]:
     """The end of a solve for one small problem (``P`` ``[1, n, m]``, costs without ``4/ε``):
     the coupling rounded onto U(p, q) (:func:`round_coupling`) and its quadratic cost
@@ -833,30 +832,33 @@ def round_and_score(
     _, n, m = P.shape
     Q, r, c = round_coupling(P)
     cross = _cross(Q, Cx, CyT, Ax, BxT, By, AyT, low_x, low_y)
-    return Q.reshape(1, n, m), score(Q, cross, Cx, CyT, r, c)
+    return Q.reshape(1, n, m), score(Q, cross, Cx, Cy, r, c)
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def solve_single(
-    Cx: np.ndarray, Cy: np.ndarray, Ax: np.ndarray, Bx: np.ndarray, Ay: np.ndarray,
-    By: np.ndarray, low_x: bool, low_y: bool, x0: np.ndarray, has_init: bool, eps: float,
+    Cx: np.ndarray, Cy: np.ndarray, CyT: np.ndarray, Ax: np.ndarray, Bx: np.ndarray,
+    Ay: np.ndarray, By: np.ndarray, low_x: bool, low_y: bool, x0: np.ndarray, has_init: bool,
+    eps: float,
     scale: float, tol: float, max_iter: int, inner: int, max_inner: int, floor: float, limit: float,
     newton_after: float, damping: float, memory: int, anderson_start: float, ridge: float,
     omega_max: float,
 ) -> tuple[np.ndarray, np.ndarray, int, int, bool]:
     """One problem's whole solve (:func:`gmgcore.gromov.solve` on CPU), in one call: the costs'
-    finiteness, the operands of :func:`pgd` (``C_yᵀ``, ``B_xᵀ``, ``A_yᵀ``, and ``scale = 4/ε``
-    folded into ``C_x`` or ``A_x``), the product init unless ``has_init`` (then ``x0`` ``[n, m]`` is
-    the init), :func:`pgd` and :func:`round_and_score`. ``Cx`` ``[n, n]``, ``Cy`` ``[m, m]``;
-    the factors ``[n, r]`` or ``[1, 1]`` placeholders when absent. Returns the rounded coupling
-    ``[n, m]``, ``[cost, marginal error, change, ε]`` in the costs' dtype, the outer and
-    Sinkhorn counts, and False (with nothing solved) when a cost is not finite."""
+    finiteness, the operands of :func:`pgd` (``B_xᵀ``, ``A_yᵀ``, and ``scale = 4/ε`` folded into
+    ``C_x`` or ``A_x``), the product init unless ``has_init`` (then ``x0`` ``[n, m]`` is the
+    init), :func:`pgd` and :func:`round_and_score`. ``Cx`` ``[n, n]``, ``Cy`` ``[m, m]``, and
+    ``CyT`` its transpose, a C-contiguous copy or the transposed view (the caller chooses; see
+    :data:`gmgcore.gromov._TRANSPOSED_VIEW`); the factors ``[n, r]`` or ``[1, 1]`` placeholders
+    when absent. Returns the rounded coupling ``[n, m]``, ``[cost, marginal error, change, ε]``
+    in the costs' dtype, the outer and Sinkhorn counts, and False (with nothing solved) when a
+    cost is not finite."""
     n, m = Cx.shape[0], Cy.shape[0]
     stats = np.empty(4, Cx.dtype)
     stats[3] = eps
     if not (all_finite(Cx) and all_finite(Cy)):
         return np.empty((n, m), Cx.dtype), stats, 0, 0, False
-    CyT, BxT = np.ascontiguousarray(Cy.T), np.ascontiguousarray(Bx.T)
+    BxT = np.ascontiguousarray(Bx.T)
     AyT = np.ascontiguousarray(Ay.T)
     Cx_s = Cx if low_x else Cx * scale
     Ax_s = Ax * scale if low_x else Ax
@@ -866,9 +868,9 @@ def solve_single(
         start = np.empty((1, n, m), Cx.dtype)
         start[:] = _cast(1.0 / (n * m), Cx)
     P, err, change, outer, inner_total = pgd(
-        Cx_s, CyT, Ax_s, BxT, By, AyT, low_x, low_y, start, _cast(1.0 / n, Cx),
+        Cx_s, Cy, CyT, Ax_s, BxT, By, AyT, low_x, low_y, start, _cast(1.0 / n, Cx),
         _cast(1.0 / m, Cx), tol, max_iter, inner, max_inner, floor, limit, newton_after, damping,
         memory, anderson_start, ridge, omega_max, not has_init)
-    Q, cost = round_and_score(P, Cx, CyT, Ax, BxT, By, AyT, low_x, low_y)
+    Q, cost = round_and_score(P, Cx, Cy, CyT, Ax, BxT, By, AyT, low_x, low_y)
     stats[0], stats[1], stats[2] = cost, err, change
     return Q.reshape(n, m), stats, outer, inner_total, True

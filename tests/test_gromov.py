@@ -378,7 +378,7 @@ def test_the_first_linearisation_from_the_product_coupling_is_its_rank_one_form(
     none = np.zeros((1, 1))
     Ax, Bx = (none, none) if fx is None else (fx[0].numpy(), fx[1].numpy())
     Ay, By = (none, none) if fy is None else (fy[0].numpy(), fy[1].numpy())
-    _, T = gromov_cpu._product_start(C_x.numpy(), np.ascontiguousarray(C_y.numpy().T), Ax,
+    _, T = gromov_cpu._product_start(C_x.numpy(), C_y.numpy(), Ax,
                                      np.ascontiguousarray(Bx.T), By,
                                      np.ascontiguousarray(Ay.T), low_x, low_y)
     np.testing.assert_allclose(T, expected[0].numpy(), rtol=1e-12, atol=1e-14)

@@ -220,7 +220,7 @@ def test_compiled_fixed_budget_loop_follows_the_generic_iterates(
 
 
 @pytest.mark.parametrize("low_rank", [True, False])
-@pytest.mark.parametrize("n", [128, 256])
+@pytest.mark.parametrize("n", [128, 256, 320])  # 320: C_yᵀ read as a transposed view
 def test_a_large_problem_runs_compiled_only_with_a_low_rank_side(
     n: int, low_rank: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -329,7 +329,8 @@ def test_round_and_score_matches_the_generic_code(dtype: np.dtype, low_rank: boo
     # cross term (the generic loop on one CPU problem), against the torch backend's code
     none = np.zeros((1, 1), dtype)
     Ax, BxT = (fx[0][0], np.ascontiguousarray(fx[1][0].T)) if low_rank else (none, none)
-    operands = (C_x[0], np.ascontiguousarray(C_y[0].T), Ax, BxT, none, none, low_rank, False)
+    operands = (C_x[0], C_y[0], np.ascontiguousarray(C_y[0].T), Ax, BxT, none, none, low_rank,
+                False)
     got_P, got_cost = gromov_cpu.round_and_score(P, *operands)
     np_P, np_cost = gromov._round_and_score(C_x, C_y, P, fx, None, np)
     ref_P, ref_cost = (t.numpy() for t in gromov._round_and_score(
