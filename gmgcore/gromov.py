@@ -93,7 +93,7 @@ _COMPILED_SIDE = 96
 _COMPILED_SIDE_LOW_RANK = 512
 # From this side on the compiled solve reads C_yᵀ as a transposed view (BLAS takes it as is)
 # instead of a copy: the copy cost 0.38 ms (fp32) and 0.76 ms (fp64) at m = 512, and whole
-# solves there were ×0.93 / ×0.96 without it, ×0.92–0.97 at m = 320–448; below, the transposed
+# solves with the view ran ×0.93 there and ×0.92–0.99 at m = 320–448. Below, the transposed
 # sgemm is slower than the copy and the plain product together (×1.01–1.09 at m = 64–256).
 _TRANSPOSED_VIEW = 320
 
