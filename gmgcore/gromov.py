@@ -77,8 +77,9 @@ _NEWTON_AFTER = 0.5  # Newton once Sinkhorn would need more than this × max(m, 
 _OMEGA_MAX = 1.8  # largest Sinkhorn over-relaxation factor
 # The L1 coupling change below which Anderson may start. 1e-2 saves about a sixth of the outer
 # steps against 1e-3 (docs/gw.md); 0.1 sent a problem at ε0 = 0.03 to another local optimum
-# than plain PGD's. fp32 started at 1e-3 while its first step folded; from the product start
-# 1e-2 takes fewer steps there too, at equal or better accuracy of the default GMG budget.
+# than plain PGD's. fp32 started at 1e-3, because earlier extrapolation makes the two backends
+# drift further apart over a long unconverged budget (up to 3.4e-5 in L1 over 40 steps); 1e-2
+# takes fewer steps in fp32 too, at about the same accuracy of the default GMG budget.
 _ANDERSON_START = 1e-2
 # Up to n, m ≤ this a single problem runs its whole loop compiled (its Newton systems are solved
 # by plain elimination), and up to the second size when a cost is in low-rank form. Above it
